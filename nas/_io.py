@@ -1,0 +1,77 @@
+"""Atomic file and directory writes: a failed write leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nas.errors import AnyshapeError
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    _ensure_parent(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; rename it to ``out`` when the block succeeds.
+
+    On any error the temporary directory is removed and ``out`` is untouched. An existing
+    ``out`` is an error unless ``overwrite`` (then it is replaced only after success).
+    """
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise AnyshapeError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise AnyshapeError(f"output path {out} exists and is not a directory")
+    _ensure_parent(out)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    except OSError as e:
+        raise AnyshapeError(f"cannot write to {out.parent}: {e.strerror}") from None
+    try:
+        yield tmp
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, trash)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _ensure_parent(path: Path) -> None:
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnyshapeError(f"cannot create directory {parent}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise AnyshapeError(f"directory {parent} is not writable; choose another output location")

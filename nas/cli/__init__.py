@@ -1,0 +1,43 @@
+"""The ``anyshape`` command line: thin wrappers that parse, call one library function, print.
+
+Errors a user can cause are printed as one line on stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from nas.cli import extract_cmd, inspect_cmd  # noqa: F401  (commands register on import)
+from nas.cli._app import app
+from nas.errors import AnyshapeError
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="anyshape", standalone_mode=False)
+    except AnyshapeError as e:
+        sys.stderr.write(f"anyshape: error: {e}\n")
+        return 1
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        return int(e.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("anyshape: aborted\n")
+        return 130
+    except KeyboardInterrupt:
+        sys.stderr.write("anyshape: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

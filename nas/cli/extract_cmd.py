@@ -1,0 +1,49 @@
+"""``anyshape extract``: a subnet config (or a model and a shape) to a stock checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nas.cli._app import app, parse_shape_arg, print_json
+from nas.errors import AnyshapeError
+
+
+@app.command("extract")
+def extract_command(
+    config: Path | None = typer.Argument(None, help="Subnet config (YAML or JSON, format anyshape/subnet-v1)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write; it must not exist (or pass --overwrite)."),
+    model: str | None = typer.Option(None, "--model", help="Base model (path, alias or hub id), with --shape."),
+    shape: str | None = typer.Option(None, "--shape", help="Shape as inline JSON or a JSON/YAML file."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx and check it against torch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (only after success)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Cut a subnet out of its base model into a plain Hugging Face directory."""
+    from nas.api import extract_config, extract_shape
+
+    if config is not None:
+        if shape is not None:
+            raise AnyshapeError("give either a subnet CONFIG or --shape, not both")
+        result = extract_config(config, out, model=model, onnx=onnx, overwrite=overwrite)
+    else:
+        if model is None or shape is None:
+            raise AnyshapeError("give a subnet CONFIG, or both --model and --shape")
+        result = extract_shape(model, parse_shape_arg(shape), out, onnx=onnx, overwrite=overwrite)
+    summary = {
+        "out": str(result.out),
+        "shape": result.shape.to_dict(),
+        "parameters": result.num_parameters,
+        "base_parameters": result.base_num_parameters,
+        "seconds": round(result.seconds, 3),
+        "files": result.files,
+        "onnx": result.onnx,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    ratio = result.num_parameters / max(result.base_num_parameters, 1)
+    typer.echo(f"wrote {result.out} in {result.seconds:.2f} s: {result.num_parameters:,} parameters ({ratio:.1%} of base)")
+    if result.onnx:
+        typer.echo(f"  model.onnx: max |onnxruntime - torch| = {result.onnx['max_abs_diff_vs_torch']:.2e}")

@@ -1,0 +1,12 @@
+"""Mistral decoders: the Llama layout with sliding-window attention."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from nas.families.llama import LlamaFamily
+
+
+class MistralFamily(LlamaFamily):
+    name: ClassVar[str] = "mistral"
+    model_types: ClassVar[tuple[str, ...]] = ("mistral",)

@@ -1,0 +1,12 @@
+"""Qwen2 / Qwen2.5 decoders: the Llama layout with biases on q/k/v and per-layer attention types."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from nas.families.llama import LlamaFamily
+
+
+class Qwen2Family(LlamaFamily):
+    name: ClassVar[str] = "qwen2"
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2", "qwen3")

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random models of every family, saved as stock HF directories."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+#: name -> (config class, model class, config kwargs). Sizes are tiny but keep every feature:
+#: GQA (llama, qwen2, mistral), q/k/v biases (qwen2), sliding windows (qwen2, mistral),
+#: tied embeddings (qwen2), per-head norms (qwen3), encoders with a pooler (bert, roberta).
+TINY = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(num_attention_heads=8, num_key_value_heads=4)),
+    "llama-mha": ("LlamaConfig", "LlamaForCausalLM", dict(num_attention_heads=4, num_key_value_heads=4)),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True,
+             use_sliding_window=True, sliding_window=6, max_window_layers=2),
+    ),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(num_attention_heads=8, num_key_value_heads=2, head_dim=8)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(num_attention_heads=8, num_key_value_heads=2, sliding_window=6)),
+    "bert": ("BertConfig", "BertModel", dict(num_attention_heads=4)),
+    "roberta": ("RobertaConfig", "RobertaModel", dict(num_attention_heads=4, pad_token_id=1)),
+}
+TINY_COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4, max_position_embeddings=64)
+
+
+def build_tiny(name: str, path: Path, seed: int = 0) -> Path:
+    """Save a tiny random model of family ``name`` under ``path`` (deterministic in ``seed``)."""
+    import torch
+    import transformers
+
+    config_cls, model_cls, extra = TINY[name]
+    config = getattr(transformers, config_cls)(**{**TINY_COMMON, **extra})
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config)
+    with torch.no_grad():  # make biases and norms non-trivial so slicing mistakes show
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias") or "norm" in pname.lower():
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_model("qwen2")`` -> a directory with a tiny random Qwen2 (built once per session)."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = build_tiny(name, tmp_path_factory.mktemp(f"tiny-{name}"))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from nas.hub import resolve_model
+
+    return resolve_model("minilm").path
