@@ -38,6 +38,8 @@ class ShapeSpace:
     ffn_size: int
     heads_cuttable: bool = True
     heads_note: str = ""
+    #: If set, ``heads`` must divide this number (stock LlamaConfig requires hidden_size % heads == 0).
+    heads_divide: int = 0
 
     @property
     def group_size(self) -> int:
@@ -58,7 +60,7 @@ class ShapeSpace:
         pairs = [
             (kv * q, kv) for kv in range(1, self.num_kv_heads + 1) for q in range(1, self.group_size + 1)
         ]
-        return sorted(pairs)
+        return sorted(p for p in pairs if not self.heads_divide or self.heads_divide % p[0] == 0)
 
     def ffn_choices(self, steps: int = 8) -> list[int]:
         """A default FFN grid: ``steps`` even fractions of the full size, multiples of 8 where possible."""
@@ -79,6 +81,7 @@ class ShapeSpace:
             "hidden_size": self.hidden_size,
             "ffn_size": self.ffn_size,
             "heads_cuttable": self.heads_cuttable,
+            "heads_divide": self.heads_divide,
             "depth_range": [1, self.num_layers],
             "head_choices": [list(p) for p in self.head_choices()],
             "ffn_range": [1, self.ffn_size],
@@ -161,6 +164,16 @@ class Shape:
         return Shape(layers=layers, heads=heads, kv_heads=kv_heads, ffn=ffn)
 
     def _resolve_heads(self, space: ShapeSpace) -> tuple[int, int]:
+        heads, kv = self._resolve_head_groups(space)
+        if space.heads_divide and space.heads_divide % heads:
+            allowed = sorted({h for h, _ in space.head_choices()})
+            raise AnyshapeError(
+                f"shape.heads is {heads}; {space.family} configs require hidden_size ({space.heads_divide}) "
+                f"to be a multiple of the number of heads; allowed heads: {', '.join(map(str, allowed))}"
+            )
+        return heads, kv
+
+    def _resolve_head_groups(self, space: ShapeSpace) -> tuple[int, int]:
         H, K, g = space.num_heads, space.num_kv_heads, space.group_size
         heads = H if self.heads is None else self.heads
         if not space.heads_cuttable:

@@ -39,6 +39,10 @@ class LlamaFamily(ModelFamily):
         "mlp.down_proj.weight": (1, "ffn"),
     }
 
+    #: transformers' LlamaConfig validates ``hidden_size % num_attention_heads == 0`` even with an
+    #: explicit head_dim; Qwen2, Qwen3 and Mistral configs do not.
+    heads_must_divide_hidden: ClassVar[bool] = True
+
     def space(self, config: Mapping[str, Any]) -> ShapeSpace:
         heads = require(config, "num_attention_heads", self.name)
         hidden = require(config, "hidden_size", self.name)
@@ -56,6 +60,7 @@ class LlamaFamily(ModelFamily):
             head_dim=head_dim,
             hidden_size=hidden,
             ffn_size=require(config, "intermediate_size", self.name),
+            heads_divide=hidden if self.heads_must_divide_hidden else 0,
         )
 
     def sub_config(self, config: Mapping[str, Any], shape: Shape) -> dict[str, Any]:

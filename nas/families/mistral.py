@@ -9,4 +9,5 @@ from nas.families.llama import LlamaFamily
 
 class MistralFamily(LlamaFamily):
     name: ClassVar[str] = "mistral"
+    heads_must_divide_hidden: ClassVar[bool] = False
     model_types: ClassVar[tuple[str, ...]] = ("mistral",)

@@ -9,4 +9,5 @@ from nas.families.llama import LlamaFamily
 
 class Qwen2Family(LlamaFamily):
     name: ClassVar[str] = "qwen2"
+    heads_must_divide_hidden: ClassVar[bool] = False
     model_types: ClassVar[tuple[str, ...]] = ("qwen2", "qwen3")

@@ -1,0 +1,223 @@
+"""The one measurement protocol every profiler uses.
+
+A profiler hands :func:`measure` a ``run(n)`` callable that executes the block ``n`` times
+and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). The protocol:
+
+1. pins the process to ``pin_cpus`` if asked, and turns garbage collection off while timing;
+2. warms up (``warmup`` single calls) and picks ``calls_per_sample`` so that one sample lasts
+   at least ``min_sample_ms`` (timer resolution and call overhead stop mattering);
+3. takes up to ``repeats`` samples (at least ``min_repeats``; stops early once the point has
+   used ``max_point_seconds``) and reports p10 / p50 / p90 of the per-call latency;
+4. checks the coefficient of variation (std / mean) of the samples: above ``cv_threshold`` the
+   point is re-measured (up to ``max_remeasures`` more times); the attempt with the lowest CV is
+   kept and, if even that one is above the threshold, the point is flagged ``noisy``.
+
+Thread counts are set by the profiler (torch / ONNX Runtime) from ``threads`` and recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nas.errors import AnyshapeError
+
+#: ``run(n)`` executes the block ``n`` times and returns the elapsed time in milliseconds.
+RunFn = Callable[[int], float]
+
+#: Upper bound on calls folded into one sample (a 1 µs op at min_sample_ms=1 needs 1000).
+MAX_CALLS_PER_SAMPLE = 10_000
+
+
+def _default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """How every point is timed; recorded in meta.json and checked when a run resumes."""
+
+    threads: int = field(default_factory=_default_threads, metadata={"help": "intra-op threads (torch / ONNX Runtime)"})
+    warmup: int = field(default=3, metadata={"help": "untimed calls before the samples"})
+    repeats: int = field(default=20, metadata={"help": "most samples per point"})
+    min_repeats: int = field(default=5, metadata={"help": "fewest samples per point, even past max_point_seconds"})
+    max_point_seconds: float = field(default=4.0, metadata={"help": "stop sampling a point after this (once min_repeats)"})
+    min_sample_ms: float = field(default=2.0, metadata={"help": "fold calls into one sample until it lasts this long"})
+    cv_threshold: float = field(default=0.10, metadata={"help": "a point with std/mean above this is re-measured"})
+    max_remeasures: int = field(default=2, metadata={"help": "extra attempts for a noisy point before flagging it"})
+    pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
+
+    def __post_init__(self) -> None:
+        cores = os.cpu_count() or 1
+        if not 1 <= self.threads <= 4 * cores:
+            raise AnyshapeError(f"protocol.threads is {self.threads}; allowed range 1..{4 * cores} on this machine")
+        if self.warmup < 0:
+            raise AnyshapeError(f"protocol.warmup is {self.warmup}; it must be >= 0")
+        if self.min_repeats < 2:
+            raise AnyshapeError(f"protocol.min_repeats is {self.min_repeats}; it must be >= 2 (percentiles need samples)")
+        if self.repeats < self.min_repeats:
+            raise AnyshapeError(f"protocol.repeats is {self.repeats}; it must be >= min_repeats ({self.min_repeats})")
+        if not self.max_point_seconds > 0:
+            raise AnyshapeError(f"protocol.max_point_seconds is {self.max_point_seconds}; it must be > 0")
+        if not self.min_sample_ms >= 0:
+            raise AnyshapeError(f"protocol.min_sample_ms is {self.min_sample_ms}; it must be >= 0")
+        if not self.cv_threshold > 0:
+            raise AnyshapeError(f"protocol.cv_threshold is {self.cv_threshold}; it must be > 0")
+        if self.max_remeasures < 0:
+            raise AnyshapeError(f"protocol.max_remeasures is {self.max_remeasures}; it must be >= 0")
+        if self.pin_cpus is not None:
+            if not self.pin_cpus or any(not 0 <= c < cores for c in self.pin_cpus):
+                raise AnyshapeError(f"protocol.pin_cpus is {list(self.pin_cpus)}; CPUs must be in 0..{cores - 1}")
+            object.__setattr__(self, "pin_cpus", tuple(sorted(set(self.pin_cpus))))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pin_cpus"] = None if self.pin_cpus is None else list(self.pin_cpus)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProtocolConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AnyshapeError(f"protocol has unknown field(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        data = dict(data)
+        if data.get("pin_cpus") is not None:
+            data["pin_cpus"] = tuple(data["pin_cpus"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The per-call latency of one point, in milliseconds."""
+
+    latency_ms_p10: float
+    latency_ms_p50: float
+    latency_ms_p90: float
+    repeats: int
+    cv: float
+    noisy: bool
+    calls_per_sample: int
+    attempts: int
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation (numpy's default method)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q is {q}; it must be in 0..100")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def coefficient_of_variation(values: Sequence[float]) -> float:
+    """Sample standard deviation over mean (0 for fewer than two values)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    if mean <= 0:
+        return math.inf
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return math.sqrt(var) / mean
+
+
+def measure(run: RunFn, config: ProtocolConfig) -> Measurement:
+    """Time one point with the protocol above; ``run(n)`` returns elapsed ms for ``n`` calls."""
+    with pinned(config.pin_cpus), gc_disabled():
+        calls = _calibrate(run, config)
+        best: tuple[float, list[float]] | None = None
+        attempts = 0
+        for _ in range(1 + config.max_remeasures):
+            attempts += 1
+            samples = _samples(run, calls, config)
+            cv = coefficient_of_variation(samples)
+            if best is None or cv < best[0]:
+                best = (cv, samples)
+            if cv <= config.cv_threshold:
+                break
+    assert best is not None
+    cv, samples = best
+    return Measurement(
+        latency_ms_p10=percentile(samples, 10),
+        latency_ms_p50=percentile(samples, 50),
+        latency_ms_p90=percentile(samples, 90),
+        repeats=len(samples),
+        cv=cv,
+        noisy=cv > config.cv_threshold,
+        calls_per_sample=calls,
+        attempts=attempts,
+    )
+
+
+def _calibrate(run: RunFn, config: ProtocolConfig) -> int:
+    """Warm up and return how many calls make one sample of at least ``min_sample_ms``."""
+    fastest = math.inf
+    for _ in range(max(config.warmup, 1)):
+        fastest = min(fastest, run(1))
+    if config.min_sample_ms <= 0 or fastest >= config.min_sample_ms:
+        return 1
+    return min(MAX_CALLS_PER_SAMPLE, math.ceil(config.min_sample_ms / max(fastest, 1e-6)))
+
+
+def _samples(run: RunFn, calls: int, config: ProtocolConfig) -> list[float]:
+    samples: list[float] = []
+    start = time.perf_counter()
+    for i in range(config.repeats):
+        samples.append(run(calls) / calls)
+        if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_point_seconds:
+            break
+    return samples
+
+
+@contextlib.contextmanager
+def gc_disabled() -> Iterator[None]:
+    """Collect once, then keep the garbage collector off while timing."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Pin this process to ``cpus`` (Linux ``sched_setaffinity``) for the block; no-op for None."""
+    if cpus is None:
+        yield
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise AnyshapeError("CPU pinning (--pin-cpus) needs Linux sched_setaffinity; leave it out on this OS")
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, set(cpus))
+    except OSError as e:
+        raise AnyshapeError(f"cannot pin to CPUs {list(cpus)}: {e.strerror}") from None
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def wall_clock_ms(call: Callable[[], Any]) -> RunFn:
+    """A ``run(n)`` for synchronous work timed with ``perf_counter_ns``."""
+
+    def run(n: int) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            call()
+        return (time.perf_counter_ns() - start) / 1e6
+
+    return run
