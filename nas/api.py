@@ -36,8 +36,41 @@ def extract_config(
     source = resolve_base(config.base_model, config_path.parent, override=model)
     sha = verify_base(source, config.base_model)
     if config.supernet is not None:
-        raise AnyshapeError("this config names a supernet; extraction with supernet orders needs the supernet stage")
+        from nas.supernet.cut import extract_from_supernet
+
+        supernet_dir = _relative(config.supernet.path, config_path.parent)
+        return extract_from_supernet(
+            supernet_dir, config.shape, out, model=str(source.path) if model is None else model, config=config,
+            onnx=onnx, overwrite=overwrite,
+        )
     return extract(source, config.shape, out, config=config, onnx=onnx, overwrite=overwrite, base_sha256=sha)
+
+
+def extract_supernet_shape(
+    supernet: str | Path,
+    shape: Mapping[str, Any] | Shape,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    onnx: bool = False,
+    overwrite: bool = False,
+) -> ExtractResult:
+    """``anyshape extract --supernet DIR --shape SHAPE --out OUT``: ``depth`` or ``layers``; the supernet's orders."""
+    from nas.supernet.cut import extract_from_supernet
+
+    return extract_from_supernet(supernet, shape, out, model=model, onnx=onnx, overwrite=overwrite)
+
+
+def build_supernet(model: str, out: str | Path, config: Any = None, *, overwrite: bool = False, progress: bool = True) -> Any:
+    """``anyshape supernet build MODEL --out DIR`` (see :func:`nas.supernet.build.build_supernet`)."""
+    from nas.supernet.build import build_supernet as build
+
+    return build(model, out, config, overwrite=overwrite, progress=progress)
+
+
+def _relative(path: str, relative_to: Path) -> Path:
+    candidate = relative_to / path
+    return candidate if not Path(path).is_absolute() and not Path(path).exists() and candidate.is_dir() else Path(path)
 
 
 def resolve_base(ref: BaseModelRef, relative_to: Path, *, override: str | None = None) -> ModelSource:

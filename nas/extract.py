@@ -21,6 +21,7 @@ import torch
 
 from nas import __version__
 from nas._io import atomic_directory
+from nas._safetensors import save_safetensors
 from nas.config import BaseModelRef, SubnetConfig
 from nas.cuts import LayerCut, WidthOrders, plan_cuts
 from nas.errors import AnyshapeError
@@ -79,11 +80,11 @@ def extract(
 
     with atomic_directory(out, overwrite=overwrite) as tmp:
         tensors = slice_state_dict(source.path, family, space, cuts, edits=edits)
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         sub_config = family.sub_config(base_config, resolved)
-        _slice_layer_types(source.path, sub_config, resolved)
+        layer_types = family.layer_types(base_config)
+        if layer_types:
+            sub_config["layer_types"] = [layer_types[i] for i in resolved.layers or ()]
         sub_config["torch_dtype"] = sub_config.get("torch_dtype", base_config.get("torch_dtype"))
         (tmp / "config.json").write_text(json.dumps(sub_config, indent=2) + "\n")
         _copy_aux_files(source.path, tmp)
@@ -231,19 +232,6 @@ def _tensor_reader(tensor: torch.Tensor) -> Any:
         return tensor.index_select(dim, rows).contiguous()
 
     return read
-
-
-def _slice_layer_types(path: Path, sub_config: dict[str, Any], shape: Shape) -> None:
-    """Keep per-layer attention types (sliding / full) of the kept layers, as transformers computes them."""
-    assert shape.layers is not None
-    from transformers import AutoConfig
-
-    try:
-        layer_types = getattr(AutoConfig.from_pretrained(path), "layer_types", None)
-    except Exception:
-        layer_types = None
-    if layer_types:
-        sub_config["layer_types"] = [layer_types[i] for i in shape.layers]
 
 
 def _copy_aux_files(src: Path, dst: Path) -> None:

@@ -11,6 +11,7 @@ import click
 import typer
 
 from nas.cli import extract_cmd, inspect_cmd, quickstart_cmd  # noqa: F401  (commands register on import)
+from nas.cli import supernet_cmd  # noqa: F401
 from nas.cli._app import app
 from nas.errors import AnyshapeError
 

@@ -15,18 +15,27 @@ def extract_command(
     config: Path | None = typer.Argument(None, help="Subnet config (YAML or JSON, format anyshape/subnet-v1)."),
     out: Path = typer.Option(..., "--out", help="Directory to write; it must not exist (or pass --overwrite)."),
     model: str | None = typer.Option(None, "--model", help="Base model (path, alias or hub id), with --shape."),
+    supernet: Path | None = typer.Option(
+        None, "--supernet", help="Supernet directory: its orders pick heads/channels; shape may give depth instead of layers."
+    ),
     shape: str | None = typer.Option(None, "--shape", help="Shape as inline JSON or a JSON/YAML file."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx and check it against torch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (only after success)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Cut a subnet out of its base model into a plain Hugging Face directory."""
-    from nas.api import extract_config, extract_shape
+    from nas.api import extract_config, extract_shape, extract_supernet_shape
 
     if config is not None:
         if shape is not None:
             raise AnyshapeError("give either a subnet CONFIG or --shape, not both")
+        if supernet is not None:
+            raise AnyshapeError("a subnet CONFIG names its supernet itself; --supernet goes with --shape")
         result = extract_config(config, out, model=model, onnx=onnx, overwrite=overwrite)
+    elif supernet is not None:
+        if shape is None:
+            raise AnyshapeError("--supernet needs --shape, e.g. '{\"depth\": 4, \"ffn\": 768}'")
+        result = extract_supernet_shape(supernet, parse_shape_arg(shape), out, model=model, onnx=onnx, overwrite=overwrite)
     else:
         if model is None or shape is None:
             raise AnyshapeError("give a subnet CONFIG, or both --model and --shape")

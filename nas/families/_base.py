@@ -69,6 +69,11 @@ class ModelFamily(ABC):
         """The attention input projections by role: ``q``, ``k``, ``v``."""
         return {}
 
+    def layer_types(self, config: Mapping[str, Any]) -> list[str] | None:
+        """Per-layer attention types (e.g. sliding / full) as transformers derives them, if any."""
+        value = config.get("layer_types")
+        return list(value) if isinstance(value, list) else None
+
     def masked_config_overrides(self, config: Any, layers: tuple[int, ...]) -> dict[str, Any]:
         """Config attributes to set while a forward skips layers (e.g. per-layer attention types)."""
         overrides: dict[str, Any] = {"num_hidden_layers": len(layers)}

@@ -1,0 +1,149 @@
+"""Token batches for calibration and held-out evaluation, and their recorded identity.
+
+Decoders get windows of ``seq_len`` tokens cut from the documents joined with the end-of-text
+token; encoders get one sentence group per document (its first ``seq_len`` tokens, padded).
+Calibration batches come from the calibration pool, held-out batches from the held-out pool
+(:func:`nas.supernet.data.split_documents`), both drawn with ``seed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas.errors import AnyshapeError
+from nas.families import ModelFamily
+from nas.supernet import data as corpus
+from nas.supernet.evaluate import Batch, iter_batches
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Which text, how much of it, and how it is cut."""
+
+    calib_text: str | None = field(default=None, metadata={"help": "plain-text file (paragraphs) instead of the builtin corpus"})
+    calib_dataset: str | None = field(default=None, metadata={"help": "Hugging Face dataset NAME[:CONFIG] (needs network)"})
+    num_calib: int = field(default=32, metadata={"help": "calibration sequences (decoders) or sentences (encoders)"})
+    num_heldout: int = field(default=32, metadata={"help": "held-out sequences or sentences"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence (decoders) or at most per sentence (encoders)"})
+    batch_size: int = field(default=16, metadata={"help": "rows per forward pass"})
+    seed: int = field(default=0, metadata={"help": "seed of the sampling of sequences"})
+
+    def __post_init__(self) -> None:
+        if self.calib_text is not None and self.calib_dataset is not None:
+            raise AnyshapeError("give --calib-text or --calib-dataset, not both")
+        for name, low, high in (("num_calib", 1, 100_000), ("num_heldout", 1, 100_000), ("seq_len", 8, 8192), ("batch_size", 1, 4096)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise AnyshapeError(f"calibration {name} is {value!r}; allowed range {low}..{high}")
+
+    @property
+    def corpus_name(self) -> str:
+        if self.calib_text is not None:
+            return f"text:{Path(self.calib_text).name}"
+        if self.calib_dataset is not None:
+            return f"dataset:{self.calib_dataset}"
+        return corpus.DEFAULT_CORPUS
+
+
+@dataclass
+class CalibrationData:
+    """Calibration and held-out batches, and the record that identifies them."""
+
+    calib: list[Batch]
+    heldout: list[Batch]
+    record: dict[str, Any]
+
+
+def load_tokenizer(model_path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except Exception as e:  # missing or broken tokenizer files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AnyshapeError(
+            f"the model at {model_path} has no usable tokenizer ({first}); calibration needs the tokenizer files beside the weights"
+        ) from None
+
+
+def prepare_data(model_path: Path, family: ModelFamily, config: CalibrationConfig, vocab_size: int) -> CalibrationData:
+    """Tokenize the configured text into seeded, disjoint calibration and held-out batches."""
+    if config.calib_text is not None:
+        docs = corpus.load_text_file(config.calib_text)
+    elif config.calib_dataset is not None:
+        docs = corpus.load_hf_dataset(config.calib_dataset)
+    else:
+        docs = corpus.load_corpus()
+    calib_docs, heldout_docs = corpus.split_documents(docs)
+    tokenizer = load_tokenizer(model_path)
+    if family.kind == "decoder":
+        calib = _windows(tokenizer, [d.text for d in calib_docs], config.num_calib, config.seq_len, config.seed, vocab_size)
+        heldout = _windows(tokenizer, [d.text for d in heldout_docs], config.num_heldout, config.seq_len, config.seed + 1, vocab_size)
+    else:
+        calib = _sentences(tokenizer, calib_docs, config.num_calib, config.seq_len, config.seed, vocab_size)
+        heldout = _sentences(tokenizer, heldout_docs, config.num_heldout, config.seq_len, config.seed + 1, vocab_size)
+    record = {
+        "corpus": config.corpus_name,
+        "split": {"seed": corpus.SPLIT_SEED, "heldout_fraction": corpus.HELDOUT_FRACTION,
+                  "calib_documents": len(calib_docs), "heldout_documents": len(heldout_docs)},
+        "seed": config.seed,
+        "seq_len": config.seq_len,
+        "num_calib": int(calib["input_ids"].shape[0]),
+        "num_heldout": int(heldout["input_ids"].shape[0]),
+        "calib_tokens": int(calib["attention_mask"].sum()),
+        "heldout_tokens": int(heldout["attention_mask"].sum()),
+        "calib_sha256": tokens_sha256(calib),
+        "heldout_sha256": tokens_sha256(heldout),
+    }
+    if config.calib_text is not None:
+        record["calib_text_sha256"] = hashlib.sha256(Path(config.calib_text).read_bytes()).hexdigest()
+    return CalibrationData(
+        calib=list(iter_batches(calib, config.batch_size)),
+        heldout=list(iter_batches(heldout, config.batch_size)),
+        record=record,
+    )
+
+
+def tokens_sha256(inputs: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(inputs):
+        h.update(key.encode())
+        h.update(inputs[key].to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _windows(tokenizer: Any, texts: list[str], count: int, seq_len: int, seed: int, vocab_size: int) -> dict[str, torch.Tensor]:
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        if eos is not None:
+            ids.append(eos)
+    available = len(ids) // seq_len
+    if available < 1:
+        raise AnyshapeError(f"the text gives {len(ids)} tokens, fewer than one window of seq_len {seq_len}")
+    picks = sorted(random.Random(seed).sample(range(available), min(count, available)))
+    stream = torch.tensor(ids[: available * seq_len], dtype=torch.int64).view(available, seq_len)
+    input_ids = stream[picks]
+    _check_vocab(input_ids, vocab_size)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def _sentences(tokenizer: Any, docs: list[corpus.Document], count: int, seq_len: int, seed: int, vocab_size: int) -> dict[str, torch.Tensor]:
+    texts = corpus.sample_segments(docs, count, seed=seed, max_chars=seq_len * 8)
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=seq_len, return_tensors="pt")
+    inputs = {k: v.to(torch.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    _check_vocab(inputs["input_ids"], vocab_size)
+    return inputs
+
+
+def _check_vocab(input_ids: torch.Tensor, vocab_size: int) -> None:
+    top = int(input_ids.max())
+    if top >= vocab_size:
+        raise AnyshapeError(f"the tokenizer produced token id {top}, outside the model's vocabulary of {vocab_size}")
