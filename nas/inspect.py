@@ -10,7 +10,13 @@ from nas.hub import resolve_model, weights_sha256
 
 
 def inspect_model(spec: str) -> dict[str, Any]:
-    """A JSON-ready summary of the model at ``spec`` (path, builtin alias or hub id)."""
+    """A JSON-ready summary of the model at ``spec`` (path, builtin alias or hub id), or of a supernet directory."""
+    from nas.supernet.artifact import is_supernet_dir
+
+    if is_supernet_dir(spec):
+        from nas.supernet.artifact import inspect_supernet
+
+        return inspect_supernet(spec)
     source = resolve_model(spec)
     config = source.config_dict()
     family = family_for(config)

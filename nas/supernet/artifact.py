@@ -200,3 +200,26 @@ def space_from_dict(data: Mapping[str, Any]) -> ShapeSpace:
         return ShapeSpace(**{k: data[k] for k in keys}, heads_note=str(data.get("heads_note", "")))
     except KeyError as e:
         raise AnyshapeError(f"supernet shape_space lacks {e.args[0]!r}") from None
+
+
+def inspect_supernet(path: str | Path) -> dict[str, Any]:
+    """A JSON-ready summary of a supernet directory: base, calibration, depth tables, width orders."""
+    supernet = Supernet.load(path)
+    return {
+        "kind": "supernet",
+        "path": str(supernet.path),
+        "format": supernet.format,
+        "sha256": supernet.sha256(),
+        "base_model": supernet.base_source,
+        "base_sha256": supernet.base_sha256,
+        "family": supernet.family,
+        "metric": supernet.metric,
+        "shape_space": supernet.space.to_dict(),
+        "calibration": dict(supernet.calibration),
+        "default_depth_table": supernet.default_depth_table,
+        "depth_tables": {name: t.to_dict() for name, t in supernet.depth_tables.items()},
+        "width_method": supernet.width_method,
+        "bias_compensation": supernet.bias_compensation,
+        "orders": {"heads": [list(o) for o in supernet.orders.heads], "kv_heads": [list(o) for o in supernet.orders.kv_heads],
+                   "ffn": [list(o) for o in supernet.orders.ffn]},
+    }

@@ -165,16 +165,14 @@ def depth_tables(
 def _with_last_output(ev: SubnetEvaluator) -> list[list[torch.Tensor]]:
     """Layer inputs plus the last layer's output (decoders do not cache it: their loss uses logits)."""
     layers = ev.family.layers(ev.model)
-    out: list[list[torch.Tensor]] = []
-    for batch in ev.batches:
-        grabbed: list[torch.Tensor] = []
-        handle = layers[len(layers) - 1].register_forward_hook(lambda m, a, o: grabbed.append(o[0] if isinstance(o, tuple) else o))
-        try:
+    grabbed: list[torch.Tensor] = []
+    handle = layers[len(layers) - 1].register_forward_hook(lambda m, a, o: grabbed.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        for batch in ev.batches:
             ev.model(**batch)
-        finally:
-            handle.remove()
-        out.append([*ev.layer_inputs[len(out)][: len(layers)], grabbed[0]])
-    return out
+    finally:
+        handle.remove()
+    return [[*inputs[: len(layers)], last] for inputs, last in zip(ev.layer_inputs, grabbed)]
 
 
 def _table(method: str, choices: list[depth_mod.DepthChoice], heldout: SubnetEvaluator | None, params: dict[str, Any]) -> DepthTable:
@@ -217,7 +215,7 @@ class _bar:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=self.total, desc=self.desc, unit="eval" if "DP" in self.desc else "batch", leave=False)
-        return self.bar.update  # type: ignore[no-any-return]
+        return self.bar.update
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
