@@ -49,4 +49,4 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[s
         for _, tensor in ordered:
             if tensor.numel():
                 data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-                f.write(memoryview(data.numpy()))
+                f.write(data.numpy().data)

@@ -41,7 +41,7 @@ class SupernetRef:
     sha256: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or not self.path:
+        if not isinstance(self.path, str) or not self.path:  # loaded files are untyped
             raise AnyshapeError("supernet.path must be a non-empty string")
         if self.sha256 is not None and not _is_sha256(self.sha256):
             raise AnyshapeError(f"supernet.sha256 must be 64 hex digits, got {self.sha256!r}")
@@ -93,8 +93,8 @@ class SubnetConfig:
             raise AnyshapeError("subnet config field 'supernet' must be a mapping with path and sha256")
         return cls(
             format=data["format"],
-            base_model=BaseModelRef(source=base.get("source"), sha256=base.get("sha256")),
-            supernet=None if supernet is None else SupernetRef(path=supernet.get("path"), sha256=supernet.get("sha256")),
+            base_model=BaseModelRef(source=base.get("source", ""), sha256=base.get("sha256")),
+            supernet=None if supernet is None else SupernetRef(path=supernet.get("path", ""), sha256=supernet.get("sha256")),
             shape=Shape.from_dict(data["shape"]),
             objectives=data.get("objectives") or {},
         )

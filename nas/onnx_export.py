@@ -45,10 +45,11 @@ def export_onnx(model_dir: Path, family: ModelFamily, out_path: Path) -> dict[st
     start = time.perf_counter()
     model, _ = load_model(str(model_dir))
     wrapper = _TensorOutputs(model, family).eval()
-    vocab = int(model.config.vocab_size)
+    config: Any = model.config
+    vocab = int(config.vocab_size)
     inputs = example_inputs(family, vocab, batch=2, seq_len=16)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    seq = torch.export.Dim("seq", min=2, max=int(getattr(model.config, "max_position_embeddings", 4096) or 4096))
+    seq = torch.export.Dim("seq", min=2, max=int(getattr(config, "max_position_embeddings", 4096) or 4096))
     dynamic = {name: {0: batch, 1: seq} for name in inputs}
     try:
         with _quiet():
@@ -62,6 +63,8 @@ def export_onnx(model_dir: Path, family: ModelFamily, out_path: Path) -> dict[st
                 output_names=["logits" if family.kind == "decoder" else "last_hidden_state"],
                 external_data=False,
             )
+            if program is None:
+                raise RuntimeError("the exporter returned no program")
             program.save(str(out_path), external_data=False)
     except Exception as e:  # the exporter raises many types; all mean "this model did not export"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -67,7 +67,7 @@ class ShapeSpace:
         choices = set()
         for k in range(1, steps + 1):
             value = self.ffn_size * k / steps
-            rounded = int(round(value / 8) * 8) if self.ffn_size >= 8 * steps else int(round(value))
+            rounded = round(value / 8) * 8 if self.ffn_size >= 8 * steps else round(value)
             choices.add(min(max(rounded, 1), self.ffn_size))
         return sorted(choices)
 

@@ -71,21 +71,21 @@ class BertFamily(ModelFamily):
     def set_layers(self, model: nn.Module, layers: nn.ModuleList) -> None:
         self._encoder(model).layer = layers
 
-    def attn_out_proj(self, layer: nn.Module) -> nn.Linear:
+    def attn_out_proj(self, layer: Any) -> nn.Linear:
         return layer.attention.output.dense
 
-    def ffn_out_proj(self, layer: nn.Module) -> nn.Linear:
+    def ffn_out_proj(self, layer: Any) -> nn.Linear:
         return layer.output.dense
 
-    def ffn_in_projs(self, layer: nn.Module) -> list[nn.Linear]:
+    def ffn_in_projs(self, layer: Any) -> list[nn.Linear]:
         return [layer.intermediate.dense]
 
-    def attn_in_projs(self, layer: nn.Module) -> dict[str, nn.Linear]:
+    def attn_in_projs(self, layer: Any) -> dict[str, nn.Linear]:
         attn = layer.attention.self
         return {"q": attn.query, "k": attn.key, "v": attn.value}
 
     @staticmethod
-    def _encoder(model: nn.Module) -> Any:
+    def _encoder(model: Any) -> Any:
         if hasattr(model, "encoder"):
             return model.encoder
         base = getattr(model, getattr(model, "base_model_prefix", ""), None)

@@ -82,19 +82,19 @@ class LlamaFamily(ModelFamily):
     def set_layers(self, model: nn.Module, layers: nn.ModuleList) -> None:
         self._backbone(model).layers = layers
 
-    def attn_out_proj(self, layer: nn.Module) -> nn.Linear:
+    def attn_out_proj(self, layer: Any) -> nn.Linear:
         return layer.self_attn.o_proj
 
-    def ffn_out_proj(self, layer: nn.Module) -> nn.Linear:
+    def ffn_out_proj(self, layer: Any) -> nn.Linear:
         return layer.mlp.down_proj
 
-    def ffn_in_projs(self, layer: nn.Module) -> list[nn.Linear]:
+    def ffn_in_projs(self, layer: Any) -> list[nn.Linear]:
         return [layer.mlp.gate_proj, layer.mlp.up_proj]
 
-    def attn_in_projs(self, layer: nn.Module) -> dict[str, nn.Linear]:
+    def attn_in_projs(self, layer: Any) -> dict[str, nn.Linear]:
         attn = layer.self_attn
         return {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
 
     @staticmethod
-    def _backbone(model: nn.Module) -> Any:
+    def _backbone(model: Any) -> Any:
         return model.model if hasattr(model, "model") and hasattr(model.model, "layers") else model
