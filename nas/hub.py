@@ -76,19 +76,20 @@ def resolve_model(spec: str | os.PathLike[str]) -> ModelSource:
 
 
 def _download(repo_id: str) -> Path:
+    """Fetch config, tokenizer and weights (safetensors; ``.bin`` only where a repo has no safetensors)."""
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(
-            repo_id,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "*.bin"],
-        )
+        small = ["*.json", "*.txt", "*.model", "tokenizer*", "*/config.json"]
+        local = Path(snapshot_download(repo_id, allow_patterns=[*small, "*.safetensors"]))
+        if not any(local.glob("*.safetensors")):
+            local = Path(snapshot_download(repo_id, allow_patterns=[*small, "pytorch_model*.bin"]))
     except Exception as e:  # network errors, missing repo, gated repo: all user-facing
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AnyshapeError(
             f"cannot fetch hub model {repo_id!r} ({reason}); pass a local directory or a builtin alias instead"
         ) from None
-    return Path(local)
+    return local
 
 
 def load_config_dict(path: Path) -> dict[str, Any]:
