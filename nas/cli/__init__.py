@@ -10,8 +10,14 @@ import sys
 import click
 import typer
 
-from nas.cli import extract_cmd, inspect_cmd, quickstart_cmd  # noqa: F401  (commands register on import)
-from nas.cli import supernet_cmd  # noqa: F401
+from nas.cli import (  # noqa: F401  (commands register on import)
+    extract_cmd,
+    inspect_cmd,
+    quickstart_cmd,
+    search_cmd,
+    supernet_cmd,
+)
+from nas.cli import profile_cmd  # noqa: F401  (anyshape profile, anyshape tables)
 from nas.cli._app import app
 from nas.errors import AnyshapeError
 
