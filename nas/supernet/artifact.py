@@ -195,11 +195,14 @@ def is_supernet_dir(path: str | Path) -> bool:
 
 
 def space_from_dict(data: Mapping[str, Any]) -> ShapeSpace:
-    keys = ("family", "num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size", "ffn_size", "heads_cuttable")
-    try:
-        return ShapeSpace(**{k: data[k] for k in keys}, heads_note=str(data.get("heads_note", "")))
-    except KeyError as e:
-        raise AnyshapeError(f"supernet shape_space lacks {e.args[0]!r}") from None
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(ShapeSpace) if f.init}
+    required = ("family", "num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size", "ffn_size")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise AnyshapeError(f"supernet shape_space lacks {missing}")
+    return ShapeSpace(**{k: v for k, v in data.items() if k in names})
 
 
 def inspect_supernet(path: str | Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from nas.supernet import depth as depth_mod
 from nas.supernet import width as width_mod
 from nas.supernet.artifact import BUILD_LOG_FILE, DepthTable, Supernet
 from nas.supernet.calibration import CalibrationConfig, prepare_data
-from nas.supernet.evaluate import SubnetEvaluator
+from nas.supernet.evaluate import SubnetEvaluator, run
 
 DEPTH_METHODS = ("dp", "drop-last", "block-influence")
 #: Families whose output projections can carry a compensation bias that stock transformers loads.
@@ -169,7 +169,7 @@ def _with_last_output(ev: SubnetEvaluator) -> list[list[torch.Tensor]]:
     handle = layers[len(layers) - 1].register_forward_hook(lambda m, a, o: grabbed.append(o[0] if isinstance(o, tuple) else o))
     try:
         for batch in ev.batches:
-            ev.model(**batch)
+            run(ev.model, ev.family, batch)
     finally:
         handle.remove()
     return [[*inputs[: len(layers)], last] for inputs, last in zip(ev.layer_inputs, grabbed)]

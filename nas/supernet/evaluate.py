@@ -76,7 +76,7 @@ class SubnetEvaluator:
             states: list[torch.Tensor] = []
             handles = [layer.register_forward_pre_hook(_grab_input(states), with_kwargs=True) for layer in layers]
             try:
-                out = self.model(**batch)
+                out = run(self.model, self.family, batch)
             finally:
                 for h in handles:
                     h.remove()
@@ -102,11 +102,11 @@ class SubnetEvaluator:
         n = self.space.num_layers
         dropped = sorted(set(range(n)) - set(layers))
         start = dropped[0] if dropped and cuts is None else 0
-        run = tuple(i for i in layers if i >= start)
+        run_layers = tuple(i for i in layers if i >= start)
         all_layers = self.family.layers(self.model)
         inject = _Inject() if start > 0 else None
         if cuts is None:
-            cuts = [LayerCut(i, (), (), ()) for i in run]
+            cuts = [LayerCut(i, (), (), ()) for i in run_layers]
             masking = False
         else:
             masking = True
@@ -114,12 +114,12 @@ class SubnetEvaluator:
         counts: list[float] = []
         extra: dict[str, list[float]] = {"hidden_error": [], "tokens": []}
         for b, batch in enumerate(self.batches):
-            with self._subnet(all_layers, run, start, inject, cuts if masking else None) as model:
+            with self._subnet(all_layers, run_layers, start, inject, cuts if masking else None) as model:
                 if inject is not None:
                     inject.value = self.layer_inputs[b][start]
                 ctx = hooks(model) if hooks is not None else _null()
                 with ctx:
-                    out = model(**batch)
+                    out = run(model, self.family, batch)
             total, count, err = self._batch_loss(b, batch, out)
             totals.append(total)
             counts.append(count)
@@ -153,6 +153,11 @@ class SubnetEvaluator:
         valid = mask.bool()
         err = float(((last - last_ref)[valid].double() ** 2).sum() / (last_ref[valid].double() ** 2).sum())
         return float((1.0 - cos).sum()), float(len(cos)), err
+
+
+def run(model: nn.Module, family: ModelFamily, batch: Batch) -> Any:
+    """One forward pass; decoders without a KV cache (it would be sized for the base model's layers)."""
+    return model(**batch, use_cache=False) if family.kind == "decoder" else model(**batch)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

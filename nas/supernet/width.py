@@ -29,7 +29,7 @@ from torch import nn
 from nas.cuts import LayerCut, WidthOrders
 from nas.families import ModelFamily
 from nas.shape import ShapeSpace
-from nas.supernet.evaluate import Batch
+from nas.supernet.evaluate import Batch, run
 
 WIDTH_METHODS = ("fluctuation", "magnitude", "random")
 
@@ -84,7 +84,7 @@ def collect_stats(
     try:
         for batch in batches:
             valid[:] = [batch["attention_mask"].bool()]
-            model(**batch)
+            run(model, family, batch)
             if progress is not None:
                 progress(1)
     finally:
