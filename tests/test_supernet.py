@@ -44,7 +44,7 @@ def test_dp_greedy_is_optimal_for_additive_losses() -> None:
 def test_dp_with_full_beam_is_exhaustive_and_beats_greedy_where_greedy_fails() -> None:
     rng = random.Random(7)
     greedy_failed = 0
-    for trial in range(40):
+    for _ in range(40):
         n = 6
         pair = {(i, j): rng.uniform(-1, 1) for i in range(n) for j in range(i + 1, n)}
         unary = [rng.uniform(0, 1) for _ in range(n)]

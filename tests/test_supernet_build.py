@@ -185,9 +185,9 @@ def test_mismatched_base_hash_is_a_clear_error(llama_supernet: Path, tiny_model:
 
 
 def test_bad_depth_and_min_depth_are_clear_errors(llama_supernet: Path, tok_model: Callable[[str], Path], tmp_path: Path) -> None:
-    with pytest.raises(AnyshapeError, match=r"shape.depth is 1; .*covers 2\.\.4"):
+    with pytest.raises(AnyshapeError, match=r"shape\.depth is 1; .*covers 2\.\.4"):
         extract_from_supernet(llama_supernet, {"depth": 1}, tmp_path / "o")
-    with pytest.raises(AnyshapeError, match="shape.depth or shape.layers, not both"):
+    with pytest.raises(AnyshapeError, match=r"shape\.depth or shape\.layers, not both"):
         extract_from_supernet(llama_supernet, {"depth": 2, "layers": [0, 1]}, tmp_path / "o")
     with pytest.raises(AnyshapeError, match=r"min_depth is 5; allowed range 1\.\.4"):
         build_supernet(str(tok_model("llama")), tmp_path / "x", BuildConfig(min_depth=5, calibration=SMALL), progress=False)
