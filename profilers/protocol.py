@@ -45,12 +45,12 @@ class ProtocolConfig:
 
     threads: int = field(default_factory=_default_threads, metadata={"help": "intra-op threads (torch / ONNX Runtime)"})
     warmup: int = field(default=3, metadata={"help": "untimed calls before the samples"})
-    repeats: int = field(default=20, metadata={"help": "most samples per point"})
+    repeats: int = field(default=15, metadata={"help": "most samples per point"})
     min_repeats: int = field(default=5, metadata={"help": "fewest samples per point, even past max_point_seconds"})
-    max_point_seconds: float = field(default=4.0, metadata={"help": "stop sampling a point after this (once min_repeats)"})
+    max_point_seconds: float = field(default=2.0, metadata={"help": "stop sampling a point after this (once min_repeats)"})
     min_sample_ms: float = field(default=2.0, metadata={"help": "fold calls into one sample until it lasts this long"})
     cv_threshold: float = field(default=0.10, metadata={"help": "a point with std/mean above this is re-measured"})
-    max_remeasures: int = field(default=2, metadata={"help": "extra attempts for a noisy point before flagging it"})
+    max_remeasures: int = field(default=1, metadata={"help": "extra attempts for a noisy point before flagging it"})
     pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
 
     def __post_init__(self) -> None:
@@ -181,9 +181,13 @@ def _samples(run: RunFn, calls: int, config: ProtocolConfig) -> list[float]:
 
 @contextlib.contextmanager
 def gc_disabled() -> Iterator[None]:
-    """Collect once, then keep the garbage collector off while timing."""
+    """Collect the young generations, then keep the garbage collector off while timing.
+
+    (A full collection takes ~0.3 s with torch and transformers loaded; the block builder does one
+    when it drops a model.)
+    """
     was_enabled = gc.isenabled()
-    gc.collect()
+    gc.collect(1)
     gc.disable()
     try:
         yield

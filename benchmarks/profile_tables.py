@@ -1,0 +1,118 @@
+"""Build (``--build``) and summarise the committed latency tables (docs/BENCHMARKS.md, issue 5).
+
+    .venv/bin/python benchmarks/profile_tables.py --build     # measure + estimate every committed table
+    .venv/bin/python benchmarks/profile_tables.py             # print the summary table
+
+The summary reads each table's meta.json: build time (sum of its run segments, so a resumed
+run counts only measuring time), rows, file size, background CPU load while measuring, and for
+measured tables the median roofline / measured ratio on this CPU (roofs: the copy/read memory
+bandwidth and fp32 GEMM rate measured at the start of the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(ROOT / ".venv" / "bin" / "anyshape")
+
+#: model -> extra --grid per runtime (kept small enough for <= 10 minutes per table on 2 cores).
+MODELS = {
+    "minilm": {"torch": None, "onnxruntime": None},
+    "ref-llama-12l": {"torch": None, "onnxruntime": None},
+    "qwen2.5-0.5b": {"torch": '{"whole_model_samples": 4}', "onnxruntime": '{"whole_model_samples": 3, "head_pairs": 7}'},
+}
+ESTIMATED_DEVICES = ("a5000", "jetson-agx-orin-64gb", "jetson-orin-nano-8gb")
+
+
+def commands(out: str) -> list[list[str]]:
+    from profilers.environment import cpu_slug
+
+    here = cpu_slug()
+    cmds = []
+    for runtime in ("torch", "onnxruntime"):
+        for model, grids in MODELS.items():
+            cmd = [CLI, "profile", "--device", here, "--runtime", runtime, "--model", model, "--out", out]
+            if grids[runtime]:
+                cmd += ["--grid", grids[runtime]]
+            cmds.append(cmd)
+    for device in ESTIMATED_DEVICES:
+        for model in MODELS:
+            cmds.append([CLI, "profile", "--device", device, "--runtime", "torch", "--model", model, "--out", out, "--estimate"])
+    return cmds
+
+
+def build(out: str, overwrite: bool) -> None:
+    for cmd in commands(out):
+        if overwrite:
+            cmd = [*cmd, "--overwrite"]
+        print("$", shlex.join(cmd[1:] if cmd[0] == CLI else cmd).replace("profile", "anyshape profile", 1), flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, check=False)
+        print(f"  exit {done.returncode} after {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def summary(out: str) -> list[dict[str, object]]:
+    from profilers.cost import ModelDims
+    from profilers.roofline import ratios
+    from profilers.run import resolve_model_spec
+    from profilers.tables import list_tables, load_table
+
+    rows = []
+    for info in list_tables(out):
+        row: dict[str, object] = {k: info[k] for k in ("device", "runtime", "name", "source", "rows")}
+        row["size_kb"] = round(int(info["size_bytes"]) / 1024, 1)
+        row["build_s"] = row["load"] = row["roofline/measured"] = row["decode"] = row["prefill"] = "-"
+        try:
+            table = load_table(info["path"], check_software=False)
+        except Exception as e:  # show the table as broken, keep going
+            row["source"] = f"error: {e}"
+            rows.append(row)
+            continue
+        meta = table.meta
+        if table.source == "measured":
+            row["build_s"] = meta.get("build_seconds")
+            row["load"] = meta.get("load", {}).get("background_cpu_share")
+            bandwidth = meta.get("memory_bandwidth", {}).get("bound_gb_s")
+            gflops = meta.get("matmul_gflops")
+            if bandwidth and gflops:
+                spec = resolve_model_spec(str(meta["model"]))
+                r = ratios(table, ModelDims.from_config(spec.family, spec.config), float(bandwidth), float(gflops))
+                row["roofline/measured"] = round(r["all"], 3)
+                row["decode"] = round(r.get("whole-model/decode", float("nan")), 3)
+                row["prefill"] = round(r.get("whole-model/prefill", float("nan")), 3)
+        rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    if not rows:
+        print("no tables")
+        return
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |")
+    print("|" + "|".join("-" * (widths[c] + 2) for c in cols) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(r[c]).ljust(widths[c]) for c in cols) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "latency_tables"))
+    parser.add_argument("--build", action="store_true", help="run every profile / estimate command first")
+    parser.add_argument("--overwrite", action="store_true", help="with --build: replace existing tables")
+    args = parser.parse_args(argv)
+    if args.build:
+        build(args.out, args.overwrite)
+    print_table(summary(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The profiler interface: one small class per runtime behind :class:`BaseProfiler`.
+
+A profiler turns a block point into a ``run(n)`` callable (execute ``n`` times, return elapsed
+ms); the shared :mod:`profilers.protocol` does the timing. Adding a runtime is one new file and
+one line in :data:`profilers.PROFILERS`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+from profilers.blocks import ModelSpec
+from profilers.protocol import Measurement, ProtocolConfig, RunFn, measure
+from profilers.workload import BlockPoint
+
+DeviceKind = Literal["cpu", "cuda"]
+
+
+class BaseProfiler(ABC):
+    """Measures block points of one model on one runtime and device kind."""
+
+    #: The runtime's name: a folder under ``latency_tables/<device>/``.
+    runtime: ClassVar[str]
+    #: The package whose version must match when a table of this runtime is loaded.
+    version_package: ClassVar[str | None] = None
+
+    def __init__(self, protocol: ProtocolConfig | None = None, device: DeviceKind = "cpu"):
+        self.protocol = protocol or ProtocolConfig()
+        self.device: DeviceKind = device
+
+    @abstractmethod
+    def check_available(self) -> None:
+        """Raise :class:`nas.errors.AnyshapeError` when the runtime or the device is missing here."""
+
+    @abstractmethod
+    def runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
+        """``run(n)`` for ``point``: executes it ``n`` times and returns the elapsed milliseconds."""
+
+    def measure(self, spec: ModelSpec, point: BlockPoint) -> Measurement:
+        """One point, timed with the shared protocol."""
+        return measure(self.runner(spec, point), self.protocol)
+
+    def setup(self) -> None:
+        """Apply the protocol's thread count before a run (and remember what to restore)."""
+        return None
+
+    def teardown(self) -> None:
+        """Undo :meth:`setup` and free cached modules / sessions."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into meta.json about the runtime (name, device kind, provider, threads)."""
+        return {"runtime": self.runtime, "device_kind": self.device, "threads": self.protocol.threads}

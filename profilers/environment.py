@@ -1,0 +1,278 @@
+"""What machine and software a table was measured on: fingerprint, versions, bandwidth, load.
+
+Everything here reads the machine when called (never at import).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+#: Packages whose versions are recorded in meta.json.
+SOFTWARE_PACKAGES = ("anyshape", "torch", "transformers", "onnxruntime", "onnx", "numpy")
+
+
+def read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def logical_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_slug(cpuinfo: dict[str, str] | None = None, cores: int | None = None) -> str:
+    """This CPU's device slug, ``cpu-<vendor-model>-<N>c`` (e.g. ``cpu-xeon-8480-2c``, ``cpu-amd-epyc-2c``)."""
+    info = read_cpuinfo() if cpuinfo is None else cpuinfo
+    cores = logical_cores() if cores is None else cores
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
+    return f"cpu-{_model_words(name)}-{cores}c"
+
+
+def _model_words(name: str) -> str:
+    text = name.lower()
+    text = re.sub(r"\(r\)|\(tm\)|®|™", " ", text)
+    text = re.sub(r"@.*$", " ", text)  # clock speed
+    text = re.sub(r"\b(cpu|processor|\d+-core|core\(s\)|with radeon graphics|graphics)\b", " ", text)
+    text = re.sub(r"\bintel\b\s+", " ", text)  # "Intel Xeon Platinum 8480+" -> xeon-platinum-8480
+    text = re.sub(r"\b(platinum|gold|silver|bronze)\b", " ", text)
+    words = re.findall(r"[a-z0-9]+", text)
+    return "-".join(words[:4]) or "unknown"
+
+
+def device_fingerprint(gpu: bool = False) -> dict[str, Any]:
+    """CPU model, cores and memory; GPU name and driver when ``gpu`` and CUDA is present."""
+    info = read_cpuinfo()
+    fingerprint: dict[str, Any] = {
+        "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_vendor": info.get("vendor_id", ""),
+        "cpu_family": info.get("cpu family", ""),
+        "cpu_model_id": info.get("model", ""),
+        "logical_cores": logical_cores(),
+        "machine": platform.machine(),
+        "memory_gib": _memory_gib(),
+        "l3_cache": _l3_cache(),
+        "gpu_name": None,
+        "gpu_driver": None,
+    }
+    if gpu:
+        fingerprint.update(_gpu_fingerprint())
+    return fingerprint
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _l3_cache() -> str | None:
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "3":
+                return (index / "size").read_text().strip()
+        except OSError:
+            continue
+    return None
+
+
+def l3_cache_bytes() -> int:
+    """Size of the last-level cache in bytes (32 MiB when unknown)."""
+    text = _l3_cache() or "32768K"
+    match = re.match(r"(\d+)([KMG]?)", text)
+    if not match:
+        return 32 * 2**20
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)]
+    return int(match.group(1)) * scale
+
+
+def _gpu_fingerprint() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    driver = None
+    try:
+        import subprocess
+
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+        driver = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, ValueError):
+        driver = None
+    return {
+        "gpu_name": props.name,
+        "gpu_driver": driver,
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+    }
+
+
+def software_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that change latency (None where not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in SOFTWARE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def major_minor(version: str | None) -> str | None:
+    if version is None:
+        return None
+    parts = re.findall(r"\d+", version.split("+")[0])
+    return ".".join(parts[:2]) if parts else version
+
+
+# --------------------------------------------------------------------------- bandwidth
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """This machine's measured memory bandwidth (GB/s = 1e9 bytes/s), best of several passes."""
+
+    copy_gb_s: float  # STREAM-style copy: (read + write bytes) / time
+    read_gb_s: float  # a reduction over the buffer: read bytes / time
+    buffer_mib: int
+    threads: int
+
+    @property
+    def bound_gb_s(self) -> float:
+        """The fastest rate weights can be streamed at: a decode step can never beat bytes / this."""
+        return max(self.copy_gb_s, self.read_gb_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "copy_gb_s": round(self.copy_gb_s, 2),
+            "read_gb_s": round(self.read_gb_s, 2),
+            "bound_gb_s": round(self.bound_gb_s, 2),
+            "buffer_mib": self.buffer_mib,
+            "threads": self.threads,
+            "method": "torch copy_ and sum over a buffer far larger than the last-level cache; best of passes",
+        }
+
+
+def measure_bandwidth(buffer_mib: int = 512, passes: int = 5, threads: int | None = None) -> Bandwidth:
+    """Copy and read benchmarks over a ``buffer_mib`` buffer (it should exceed the L3 cache many times)."""
+    import torch
+
+    threads = threads or logical_cores()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n = buffer_mib * 2**20 // 4
+        src = torch.ones(n, dtype=torch.float32)
+        dst = torch.empty_like(src)
+        dst.copy_(src)  # touch pages
+        nbytes = n * 4
+        best_copy = best_read = float("inf")
+        for _ in range(passes):
+            start = time.perf_counter()
+            dst.copy_(src)
+            best_copy = min(best_copy, time.perf_counter() - start)
+            start = time.perf_counter()
+            float(src.sum())
+            best_read = min(best_read, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return Bandwidth(
+        copy_gb_s=2 * nbytes / best_copy / 1e9,
+        read_gb_s=nbytes / best_read / 1e9,
+        buffer_mib=buffer_mib,
+        threads=threads,
+    )
+
+
+def measure_matmul_gflops(size: int = 1024, passes: int = 5, threads: int | None = None) -> float:
+    """Best fp32 GEMM rate (GFLOP/s) of this CPU: the compute roof of the CPU roofline."""
+    import torch
+
+    threads = threads or logical_cores()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(size, size, generator=gen)
+        b = torch.randn(size, size, generator=gen)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(passes):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
+# --------------------------------------------------------------------------- load
+
+
+class LoadMonitor:
+    """How much CPU other processes used while we measured (from /proc/stat and /proc/self/stat).
+
+    ``background_cpu_share`` is the fraction of the machine's CPU time spent by *other*
+    processes between ``start()`` and ``stop()``; above ``UNDER_LOAD_SHARE`` a table is marked
+    as measured under load.
+    """
+
+    UNDER_LOAD_SHARE = 0.10
+
+    def __init__(self) -> None:
+        self._start: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            values = [int(v) for v in fields]
+            idle = values[3] + (values[4] if len(values) > 4 else 0)
+            busy_machine = (sum(values[:8]) - idle) / ticks
+            self_fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            busy_self = (int(self_fields[11]) + int(self_fields[12])) / ticks
+        except (OSError, ValueError, IndexError):
+            return (time.monotonic(), 0.0, 0.0)
+        return (time.monotonic(), busy_machine, busy_self)
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> dict[str, Any]:
+        if self._start is None:
+            raise RuntimeError("LoadMonitor.stop() before start()")
+        t0, machine0, self0 = self._start
+        t1, machine1, self1 = self._sample()
+        elapsed = max(t1 - t0, 1e-9)
+        others = max((machine1 - machine0) - (self1 - self0), 0.0)
+        share = others / (elapsed * (os.cpu_count() or 1))
+        return {
+            "seconds": round(elapsed, 2),
+            "background_cpu_share": round(min(share, 1.0), 3),
+            "loadavg_1m_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        }

@@ -1,0 +1,153 @@
+"""ONNX Runtime: each point's torch block is exported (dynamo exporter, fixed shapes) and run in a session.
+
+CPU execution provider by default; the CUDA execution provider where onnxruntime-gpu is installed
+(inputs and outputs bound on the GPU with IOBinding, so host copies are not timed).
+Exported graphs live in a temporary directory for the point's measurement only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from nas.errors import AnyshapeError
+from profilers._base import BaseProfiler
+from profilers.blocks import BlockBuilder, BuiltBlock, ModelSpec
+from profilers.protocol import RunFn
+from profilers.workload import BlockPoint
+
+#: Graphs larger than this are saved with external data (protobuf's 2 GB limit).
+_EXTERNAL_DATA_BYTES = 1 << 30
+
+
+class OnnxRuntimeProfiler(BaseProfiler):
+    runtime: ClassVar[str] = "onnxruntime"
+    version_package: ClassVar[str | None] = "onnxruntime"
+
+    _builder: BlockBuilder | None = None
+    _workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def provider(self) -> str:
+        return "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
+
+    def check_available(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise AnyshapeError("runtime onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+        if self.provider not in ort.get_available_providers():
+            raise AnyshapeError(
+                f"CUDA was asked for but this onnxruntime {ort.__version__} has no {self.provider} "
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a CUDA machine"
+            )
+
+    def setup(self) -> None:
+        self._workdir = tempfile.TemporaryDirectory(prefix="anyshape-ort-")
+
+    def teardown(self) -> None:
+        self._builder = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
+        import onnxruntime as ort
+
+        if self._builder is None or self._builder.spec is not spec:
+            self._builder = BlockBuilder(spec, device="cpu")
+        block = self._builder.build(point)
+        if self._workdir is None:
+            self.setup()
+        assert self._workdir is not None
+        folder = Path(self._workdir.name)
+        for old in folder.iterdir():  # one graph at a time on disk
+            old.unlink()
+        path = folder / "block.onnx"
+        export_block(block, path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.protocol.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=[self.provider])
+        names = [i.name for i in session.get_inputs()]
+        feed = {name: t.numpy() for name, t in zip(names, block.inputs)}
+        if self.device == "cuda":  # pragma: no cover - needs a GPU
+            return _cuda_run(session, feed)
+
+        def run(n: int) -> float:
+            start = time.perf_counter_ns()
+            for _ in range(n):
+                session.run(None, feed)
+            return (time.perf_counter_ns() - start) / 1e6
+
+        return run
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        info = super().describe()
+        info.update(onnxruntime=ort.__version__, provider=self.provider, graph_optimization="ORT_ENABLE_ALL",
+                    export="torch.onnx.export(dynamo=True), fixed shapes per point")
+        return info
+
+
+def _cuda_run(session: Any, feed: dict[str, Any]) -> RunFn:  # pragma: no cover - needs a GPU
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, array in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda")
+
+    def run(n: int) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            session.run_with_iobinding(binding)
+        return (time.perf_counter_ns() - start) / 1e6
+
+    return run
+
+
+def export_block(block: BuiltBlock, path: Path) -> Path:
+    """Export ``block`` with its example input shapes to ``path`` (external data for big graphs)."""
+    import torch
+
+    params = sum(p.numel() * p.element_size() for p in block.module.parameters())
+    external = params > _EXTERNAL_DATA_BYTES
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                block.module, block.inputs, input_names=list(block.input_names), dynamo=True, external_data=external
+            )
+            assert program is not None
+            program.save(str(path), external_data=external)
+    except Exception as e:  # the exporter raises many types; all mean "this block did not export"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AnyshapeError(f"ONNX export of a {type(block.module).__name__} block failed: {first}") from None
+    return path
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

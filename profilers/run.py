@@ -1,0 +1,381 @@
+"""``anyshape profile``: measure every point of a model's grid on this device and write the table.
+
+The run is resumable: each measured point is appended (and flushed) to ``<name>.csv.partial``;
+started again with the same settings, it skips the points already there. Only torch and numpy
+are needed on the device (plus onnxruntime for that runtime); pandas is not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from nas._io import write_json_atomic
+from nas.errors import AnyshapeError
+from nas.families import family_for
+from profilers._base import BaseProfiler, DeviceKind
+from profilers.blocks import ModelSpec
+from profilers.cost import ModelDims, block_cost
+from profilers.devices import check_device_name
+from profilers.environment import (
+    LoadMonitor,
+    device_fingerprint,
+    measure_bandwidth,
+    measure_matmul_gflops,
+    software_versions,
+)
+from profilers.protocol import Measurement, ProtocolConfig
+from profilers.tables import COLUMNS, TABLE_FORMAT, format_rows, parse_rows, row_key, table_csv_path, today, write_table
+from profilers.workload import BlockPoint, GridConfig, build_points
+
+#: Measurement under this much background CPU use (share of the machine) counts as quiet.
+UNDER_LOAD_SHARE = LoadMonitor.UNDER_LOAD_SHARE
+
+
+# --------------------------------------------------------------------------- models
+
+
+def builtin_configs() -> dict[str, dict[str, Any]]:
+    """Model configs profiled without weights: name -> config.json dict (profilers/model_configs.json)."""
+    text = resources.files("profilers").joinpath("model_configs.json").read_text()
+    data = json.loads(text)
+    return {name: {k: v for k, v in cfg.items() if not k.startswith("_")} for name, cfg in data.items()}
+
+
+def resolve_model_spec(model: str) -> ModelSpec:
+    """A builtin config name (``ref-llama-12l``, ``qwen2.5-0.5b``), a config.json file, or a model (dir, alias, hub id)."""
+    configs = builtin_configs()
+    if model in configs:
+        config = configs[model]
+        name = model
+    elif model.endswith(".json") and Path(model).is_file():
+        try:
+            config = json.loads(Path(model).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise AnyshapeError(f"cannot read model config {model}: {e}") from None
+        if not isinstance(config, dict):
+            raise AnyshapeError(f"model config {model} is not a JSON object")
+        name = Path(model).stem if Path(model).stem != "config" else Path(model).resolve().parent.name
+    else:
+        from nas.hub import resolve_model
+
+        source = resolve_model(model)
+        config = source.config_dict()
+        name = source.spec if source.kind == "alias" else source.path.name
+    return ModelSpec(name=name, family=family_for(config), config=config)
+
+
+def config_sha256(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- profilers
+
+
+def profiler_classes() -> dict[str, type[BaseProfiler]]:
+    from profilers.fake import FakeProfiler
+    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
+    from profilers.torch_profiler import TorchProfiler
+
+    return {"torch": TorchProfiler, "onnxruntime": OnnxRuntimeProfiler, "fake": FakeProfiler}
+
+
+def make_profiler(runtime: str, device: DeviceKind, protocol: ProtocolConfig) -> BaseProfiler:
+    classes = profiler_classes()
+    if runtime not in classes or runtime == "fake":
+        raise AnyshapeError(f"unknown runtime {runtime!r}; choose torch or onnxruntime")
+    return classes[runtime](protocol, device)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def make_row(point: BlockPoint, cost_dims: ModelDims, threads: int, m: Measurement | None, latency_ms: float | None = None) -> dict[str, Any]:
+    """A table row from a measurement (or, for estimates, a single latency with repeats 0)."""
+    cost = block_cost(cost_dims, point)
+    row: dict[str, Any] = point.to_dict()
+    row["threads"] = threads
+    if m is not None:
+        row.update(latency_ms_p10=m.latency_ms_p10, latency_ms_p50=m.latency_ms_p50, latency_ms_p90=m.latency_ms_p90,
+                   repeats=m.repeats, cv=m.cv, noisy=m.noisy)
+    else:
+        assert latency_ms is not None
+        row.update(latency_ms_p10=latency_ms, latency_ms_p50=latency_ms, latency_ms_p90=latency_ms, repeats=0, cv=0.0, noisy=False)
+    row.update(flops=float(cost.flops), weight_bytes=float(cost.weight_bytes), activation_bytes=float(cost.activation_bytes))
+    return {c: row[c] for c in COLUMNS}
+
+
+# --------------------------------------------------------------------------- resumable run state
+
+
+class PartialRun:
+    """``<name>.csv.partial`` (rows so far) and ``.<name>.run.json`` (settings and time segments)."""
+
+    def __init__(self, csv_path: Path, identity: dict[str, Any], *, restart: bool):
+        self.partial = csv_path.with_name(csv_path.name + ".partial")
+        self.state_path = csv_path.with_name(f".{csv_path.stem}.run.json")
+        self.identity = identity
+        if restart:
+            self.discard()
+        self.state: dict[str, Any] = {"identity": identity, "segments": [], "extra": {}}
+        if self.state_path.exists() or self.partial.exists():
+            self._load_existing(csv_path)
+        self.rows = self._read_rows()
+
+    def _load_existing(self, csv_path: Path) -> None:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise AnyshapeError(
+                f"an unfinished run of {csv_path.name} left {self.partial.name} without readable settings; "
+                "pass --restart to discard it"
+            ) from None
+        if state.get("identity") != self.identity:
+            old = state.get("identity", {})
+            changed = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
+            raise AnyshapeError(
+                f"an unfinished run of {csv_path.name} used other settings ({', '.join(changed)} differ); "
+                "run the same command to resume it, or pass --restart to discard it"
+            )
+        self.state = state
+
+    def _read_rows(self) -> dict[str, dict[str, Any]]:
+        if not self.partial.exists():
+            return {}
+        lines = self.partial.read_text().splitlines()
+        rows: dict[str, dict[str, Any]] = {}
+        header, body = (lines[0], lines[1:]) if lines else (",".join(COLUMNS), [])
+        for i, line in enumerate(body):
+            try:
+                (row,) = parse_rows(header + "\n" + line + "\n", str(self.partial))
+            except (AnyshapeError, ValueError):
+                if i == len(body) - 1:  # a line cut short by the kill: measure that point again
+                    continue
+                raise AnyshapeError(f"{self.partial} line {i + 2} is corrupted; pass --restart to discard the run") from None
+            rows[row_key(row)] = row
+        self._rewrite(list(rows.values()))  # drop a torn last line before appending
+        return rows
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        from nas._io import write_text_atomic
+
+        write_text_atomic(self.partial, format_rows(rows))
+
+    def append(self, row: dict[str, Any]) -> None:
+        if not self.partial.exists():
+            self._rewrite([])
+        with open(self.partial, "a", encoding="utf-8") as f:
+            f.write(format_rows([row], header=False))
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows[row_key(row)] = row
+
+    def save_state(self) -> None:
+        write_json_atomic(self.state_path, self.state)
+
+    def discard(self) -> None:
+        for path in (self.partial, self.state_path):
+            if path.exists():
+                path.unlink()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    path: Path
+    rows: int
+    measured_points: int
+    resumed_points: int
+    noisy_points: int
+    build_seconds: float
+    under_load: bool
+    source: str = "measured"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "path": str(self.path)}
+
+
+def profile(
+    model: str | ModelSpec,
+    device: str,
+    runtime: str,
+    out: str | os.PathLike[str] = "latency_tables",
+    *,
+    grid: GridConfig | None = None,
+    protocol: ProtocolConfig | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    restart: bool = False,
+    progress: bool = True,
+    profiler: BaseProfiler | None = None,
+    bandwidth_buffer_mib: int = 512,
+) -> ProfileResult:
+    """Measure ``model``'s blocks on ``device`` with ``runtime`` and write ``out/<device>/<runtime>/<name>.csv``.
+
+    ``bandwidth_buffer_mib``: size of the copy benchmark recorded in meta.json (keep it far above
+    the last-level cache; tests use less).
+    """
+    kind = check_device_name(device)
+    protocol = protocol or (profiler.protocol if profiler else ProtocolConfig())
+    profiler = profiler or make_profiler(runtime, kind, protocol)
+    profiler.check_available()
+    if kind == "cuda":
+        _check_gpu_is(device)
+    spec = model if isinstance(model, ModelSpec) else resolve_model_spec(model)
+    grid = grid or GridConfig(dtype="float16" if kind == "cuda" else "float32")
+    space = spec.family.space(spec.config)
+    points = build_points(spec.family, space, grid)
+    csv_path = table_csv_path(out, device, profiler.runtime, name or spec.name)
+    if csv_path.exists() and not overwrite:
+        raise AnyshapeError(f"table {csv_path} exists; pass --overwrite to measure it again")
+    software = software_versions()
+    identity = {
+        "model": spec.name,
+        "config_sha256": config_sha256(spec.config),
+        "device": device,
+        "runtime": profiler.runtime,
+        "grid": grid.to_dict(),
+        "protocol": protocol.to_dict(),
+        "software": software,
+    }
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    run = PartialRun(csv_path, identity, restart=restart)
+    resumed = sum(1 for p in points if p.key in run.rows)
+    extra = run.state["extra"]
+    if "memory_bandwidth" not in extra and kind == "cpu":
+        extra["memory_bandwidth"] = measure_bandwidth(bandwidth_buffer_mib, threads=protocol.threads).to_dict()
+        extra["matmul_gflops"] = round(measure_matmul_gflops(threads=protocol.threads), 1)
+    dims = ModelDims.from_config(spec.family, spec.config)
+    todo = [p for p in points if p.key not in run.rows]
+    segment: dict[str, Any] = {"started": today(), "points": 0, "seconds": 0.0, "background_cpu_share": 0.0}
+    run.state["segments"].append(segment)
+    monitor = LoadMonitor()
+    monitor.start()
+    start = time.perf_counter()
+    bar = _progress(len(points), resumed, f"{device}/{profiler.runtime}/{csv_path.stem}", progress)
+    profiler.setup()
+    try:
+        for point in todo:
+            m = profiler.measure(spec, point)
+            run.append(make_row(point, dims, protocol.threads, m))
+            segment["points"] = int(segment["points"]) + 1
+            segment["seconds"] = round(time.perf_counter() - start, 2)
+            if segment["points"] % 5 == 0:
+                segment["background_cpu_share"] = monitor.stop()["background_cpu_share"]
+                run.save_state()
+            bar.update(1)
+    finally:
+        profiler.teardown()
+        bar.close()
+        load = monitor.stop()
+        segment.update(seconds=round(time.perf_counter() - start, 2), background_cpu_share=load["background_cpu_share"])
+        run.save_state()
+    rows = [run.rows[p.key] for p in points]
+    segments = run.state["segments"]
+    seconds = sum(float(s["seconds"]) for s in segments)
+    share = sum(float(s["background_cpu_share"]) * float(s["seconds"]) for s in segments) / max(seconds, 1e-9)
+    under_load = share > UNDER_LOAD_SHARE
+    entry = {
+        "format": TABLE_FORMAT,
+        "source": "measured",
+        "device": device,
+        "runtime": profiler.runtime,
+        "model": spec.name,
+        "family": spec.family.name,
+        "kind": spec.family.kind,
+        "config_sha256": identity["config_sha256"],
+        "shape_space": space.to_dict(),
+        "date": today(),
+        "fingerprint": device_fingerprint(gpu=kind == "cuda"),
+        "software": software,
+        "runtime_info": profiler.describe(),
+        "protocol": protocol.to_dict(),
+        "grid": grid.to_dict(),
+        "composition": _composition(spec.family.kind),
+        "build_seconds": round(seconds, 1),
+        "segments": segments,
+        "noisy_points": sum(1 for r in rows if r["noisy"]),
+        "load": {
+            "background_cpu_share": round(share, 3),
+            "under_load": under_load,
+            "note": (
+                "measured while other processes used the CPU; rebuild on a quiet machine with the same command"
+                if under_load else "quiet machine"
+            ),
+        },
+        **extra,
+    }
+    write_table(csv_path, rows, entry)
+    run.discard()
+    return ProfileResult(csv_path, len(rows), len(todo), resumed, entry["noisy_points"], round(seconds, 1), under_load)
+
+
+def _check_gpu_is(device: str) -> None:
+    """Measuring --device a5000 on some other GPU would file its numbers under the wrong name."""
+    import torch
+
+    from profilers.devices import CUDA_NAME_HINTS
+
+    name = torch.cuda.get_device_name(0)
+    if not any(hint.lower() in name.lower() for hint in CUDA_NAME_HINTS.get(device, ())):
+        raise AnyshapeError(f"--device {device} but this GPU is {name!r}; use the slug of the GPU you are on")
+
+
+def _composition(kind: str) -> str:
+    if kind == "decoder":
+        return "whole-model = embed + depth * (2 * norm + attention + mlp) + norm + head"
+    return "whole-model = embed + depth * (attention + mlp) + head (norm rows are inside attention and mlp)"
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, done: int, label: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional on a device; the run works without a bar
+        return _NoBar()
+    return tqdm(total=total, initial=done, desc=label, unit="pt", dynamic_ncols=True)
+
+
+def grid_from_text(text: str) -> GridConfig:
+    """``--grid``: inline JSON or a JSON / YAML file with :class:`GridConfig` fields."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise AnyshapeError(f"--grid is not valid JSON: {e.msg} at column {e.colno}") from None
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise AnyshapeError(f"--grid must be inline JSON like '{{\"ffn_steps\": 4}}' or a file; {text!r} is neither")
+        raw = path.read_text()
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            try:
+                import yaml
+
+                data = yaml.safe_load(raw)
+            except Exception as e:
+                raise AnyshapeError(f"--grid file {path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
+    return GridConfig.from_dict(data)
+
+

@@ -1,0 +1,157 @@
+"""The measurement protocol, driven by synthetic run functions (no hardware)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from nas.errors import AnyshapeError
+from profilers.protocol import (
+    ProtocolConfig,
+    coefficient_of_variation,
+    gc_disabled,
+    measure,
+    percentile,
+    pinned,
+)
+
+FAST = dict(threads=1, warmup=2, repeats=12, min_repeats=4, max_point_seconds=60.0, min_sample_ms=0.0)
+
+
+def scripted(latencies_ms: list[float]):
+    """A run(n) that returns the next scripted per-call latency, times n."""
+    it = iter(latencies_ms)
+    calls: list[int] = []
+
+    def run(n: int) -> float:
+        calls.append(n)
+        return next(it) * n
+
+    run.calls = calls  # type: ignore[attr-defined]
+    return run
+
+
+@pytest.mark.parametrize("q", [0, 10, 50, 90, 100, 37.5])
+def test_percentile_matches_numpy(q: float) -> None:
+    values = [random.Random(3).uniform(0, 10) for _ in range(17)]
+    values = [v * (i + 1) for i, v in enumerate(values)]
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12)
+
+
+def test_percentile_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_cv_matches_numpy() -> None:
+    values = [1.0, 2.0, 4.0, 8.0]
+    assert coefficient_of_variation(values) == pytest.approx(np.std(values, ddof=1) / np.mean(values))
+    assert coefficient_of_variation([5.0]) == 0.0
+
+
+def test_percentiles_of_known_samples() -> None:
+    # warm-up 2 calls, then 10 samples 1..10 ms
+    run = scripted([50.0, 50.0, *[float(v) for v in range(1, 11)]])
+    m = measure(run, ProtocolConfig(**{**FAST, "repeats": 10, "cv_threshold": 10.0}))
+    assert (m.latency_ms_p10, m.latency_ms_p50, m.latency_ms_p90) == pytest.approx((1.9, 5.5, 9.1))
+    assert m.repeats == 10 and m.attempts == 1 and not m.noisy
+    assert m.calls_per_sample == 1
+
+
+def test_fast_calls_are_folded_into_samples() -> None:
+    run = scripted([0.01] * 100)
+    m = measure(run, ProtocolConfig(**{**FAST, "min_sample_ms": 1.0, "repeats": 5, "min_repeats": 5}))
+    assert m.calls_per_sample == 100
+    assert run.calls[-1] == 100  # type: ignore[attr-defined]
+    assert m.latency_ms_p50 == pytest.approx(0.01)
+
+
+def test_noisy_point_is_remeasured_and_recovers() -> None:
+    noisy = [1.0, 5.0] * 3  # cv ~ 0.76
+    quiet = [2.0, 2.02, 1.98, 2.0, 2.01, 1.99]
+    run = scripted([1.0, 1.0, *noisy, *quiet])
+    cfg = ProtocolConfig(**{**FAST, "repeats": 6, "min_repeats": 6, "cv_threshold": 0.05, "max_remeasures": 2})
+    m = measure(run, cfg)
+    assert m.attempts == 2 and not m.noisy
+    assert m.latency_ms_p50 == pytest.approx(2.0, abs=0.01)
+
+
+def test_persistently_noisy_point_is_flagged_with_its_best_attempt() -> None:
+    a = [1.0, 9.0] * 3
+    b = [1.0, 3.0] * 3  # the least noisy attempt
+    c = [1.0, 6.0] * 3
+    run = scripted([1.0, 1.0, *a, *b, *c])
+    cfg = ProtocolConfig(**{**FAST, "repeats": 6, "min_repeats": 6, "cv_threshold": 0.05, "max_remeasures": 2})
+    m = measure(run, cfg)
+    assert m.attempts == 3 and m.noisy
+    assert m.cv == pytest.approx(coefficient_of_variation(b))
+    assert m.latency_ms_p50 == pytest.approx(2.0)
+
+
+def test_max_point_seconds_stops_after_min_repeats() -> None:
+    import time
+
+    def run(n: int) -> float:
+        time.sleep(0.02)
+        return 1.0 * n
+
+    cfg = ProtocolConfig(**{**FAST, "repeats": 1000, "min_repeats": 3, "max_point_seconds": 0.05})
+    m = measure(run, cfg)
+    assert 3 <= m.repeats < 10
+
+
+def test_gc_is_off_while_timing_and_restored() -> None:
+    import gc
+
+    seen = []
+
+    def run(n: int) -> float:
+        seen.append(gc.isenabled())
+        return 1.0 * n
+
+    assert gc.isenabled()
+    measure(run, ProtocolConfig(**{**FAST, "repeats": 4}))
+    assert seen and not any(seen)
+    assert gc.isenabled()
+    with gc_disabled():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_pinning_applies_and_restores_affinity() -> None:
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    with pinned((cpu,)):
+        assert os.sched_getaffinity(0) == {cpu}
+    assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("threads", 0, "protocol.threads"),
+        ("warmup", -1, "protocol.warmup"),
+        ("min_repeats", 1, "protocol.min_repeats"),
+        ("repeats", 2, "protocol.repeats"),
+        ("max_point_seconds", 0, "protocol.max_point_seconds"),
+        ("cv_threshold", 0, "protocol.cv_threshold"),
+        ("max_remeasures", -1, "protocol.max_remeasures"),
+        ("pin_cpus", (10_000,), "protocol.pin_cpus"),
+    ],
+)
+def test_protocol_config_names_the_bad_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(AnyshapeError, match=message):
+        ProtocolConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_protocol_config_round_trips() -> None:
+    cfg = ProtocolConfig(threads=1, warmup=4, repeats=9, pin_cpus=(0,))
+    assert ProtocolConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(AnyshapeError, match="unknown field"):
+        ProtocolConfig.from_dict({"nope": 1})

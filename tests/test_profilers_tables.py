@@ -1,0 +1,331 @@
+"""Tables with the fake profiler: writing, resuming after a kill, loading and its errors, listing, estimates, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.errors import AnyshapeError
+from nas.families import family_for
+from profilers.blocks import ModelSpec
+from profilers.environment import cpu_slug
+from profilers.fake import FakeProfiler
+from profilers.protocol import ProtocolConfig
+from profilers.run import profile
+from profilers.tables import COLUMNS, list_tables, load_table
+from profilers.testing import TINY_LLAMA
+from profilers.workload import GridConfig, build_points, head_grid, sample_shapes
+
+FAST = ProtocolConfig(threads=1, warmup=1, repeats=5, min_repeats=3, max_point_seconds=0.5, min_sample_ms=0.0)
+GRID = GridConfig(seq_len=(16,), context_len=(16,), ffn_steps=2, head_pairs=3, whole_model_samples=2)
+SPEC = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
+HERE = cpu_slug()
+
+
+def run_fake(out: Path, **kwargs: object):
+    profiler = kwargs.pop("profiler", None) or FakeProfiler(FAST, noise_cv=0.01, seed=0)
+    return profile(SPEC, HERE, "fake", out, grid=GRID, profiler=profiler, progress=False,  # type: ignore[arg-type]
+                   bandwidth_buffer_mib=16, **kwargs)  # type: ignore[arg-type]
+
+
+def test_fake_table_has_every_point_and_the_meta(tmp_path: Path) -> None:
+    result = run_fake(tmp_path)
+    table = load_table(result.path, device=HERE, runtime="fake")
+    points = build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)
+    assert len(table.rows) == len(points) == result.rows
+    assert tuple(table.to_pandas().columns) == COLUMNS
+    meta = table.meta
+    assert meta["source"] == "measured" and meta["device"] == HERE
+    for key in ("fingerprint", "software", "protocol", "grid", "date", "memory_bandwidth", "load", "composition"):
+        assert key in meta, key
+    assert meta["fingerprint"]["logical_cores"] >= 1 and meta["software"]["torch"]
+    # the fake's latencies follow its model: a wider MLP costs more
+    mlps = sorted(table.select(block="mlp", phase="prefill"), key=lambda r: r["ffn"])
+    assert mlps[0]["latency_ms_p50"] < mlps[-1]["latency_ms_p50"]
+
+
+def test_same_seed_same_table(tmp_path: Path) -> None:
+    a = run_fake(tmp_path / "a").path.read_text()
+    b = run_fake(tmp_path / "b").path.read_text()
+    assert a == b
+
+
+def test_noisy_points_are_flagged_in_the_table(tmp_path: Path) -> None:
+    profiler = FakeProfiler(FAST, noise_cv=0.0, noisy_blocks=("norm",), noisy_cv=0.8, seed=1)
+    table = load_table(run_fake(tmp_path, profiler=profiler).path)
+    assert all(r["noisy"] for r in table.select(block="norm"))
+    assert not any(r["noisy"] for r in table.rows if r["block"] != "norm")
+    assert table.meta["noisy_points"] == len(table.select(block="norm"))
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
+    killer = FakeProfiler(FAST, seed=0, fail_after=7)
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(tmp_path, profiler=killer)
+    csv_path = tmp_path / HERE / "fake" / "tiny-llama.csv"
+    partial = csv_path.with_name(csv_path.name + ".partial")
+    assert not csv_path.exists() and partial.exists()
+    assert len(partial.read_text().splitlines()) == 1 + 7  # header + one flushed line per point
+    # a torn last line (killed mid-write) is dropped and that point measured again
+    with open(partial, "a") as f:
+        f.write("mlp,prefill,1,16")
+    counter = FakeProfiler(FAST, seed=0)
+    result = run_fake(tmp_path, profiler=counter)
+    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
+    assert result.resumed_points == 7 and result.measured_points == total - 7
+    assert counter.points_started == total - 7
+    assert not partial.exists()
+    table = load_table(result.path)
+    assert len(table.rows) == total and len(table.meta["segments"]) == 2
+
+
+def test_resume_with_other_settings_is_refused_until_restart(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(tmp_path, profiler=FakeProfiler(FAST, fail_after=3))
+    other = ProtocolConfig(threads=1, warmup=2, repeats=5, min_repeats=3, max_point_seconds=0.5, min_sample_ms=0.0)
+    with pytest.raises(AnyshapeError, match="protocol differ"):
+        run_fake(tmp_path, profiler=FakeProfiler(other))
+    result = run_fake(tmp_path, profiler=FakeProfiler(other), restart=True)
+    assert result.resumed_points == 0
+
+
+def test_existing_table_needs_overwrite(tmp_path: Path) -> None:
+    run_fake(tmp_path)
+    with pytest.raises(AnyshapeError, match="--overwrite"):
+        run_fake(tmp_path)
+    assert run_fake(tmp_path, overwrite=True).rows > 0
+
+
+# --------------------------------------------------------------------------- bad tables
+
+
+@pytest.fixture
+def table_path(tmp_path: Path) -> Path:
+    return run_fake(tmp_path).path
+
+
+def test_corrupted_csv_is_a_one_line_error(table_path: Path) -> None:
+    lines = table_path.read_text().splitlines()
+    table_path.write_text("\n".join([lines[0], lines[1].replace("prefill,1,", "prefill,one,", 1), *lines[2:]]) + "\n")
+    with pytest.raises(AnyshapeError, match=r"line 2: column batch has 'one'") as e:
+        load_table(table_path)
+    assert "\n" not in str(e.value)
+
+
+def test_truncated_csv_is_detected(table_path: Path) -> None:
+    lines = table_path.read_text().splitlines()
+    table_path.write_text("\n".join(lines[:-3]) + "\n")
+    with pytest.raises(AnyshapeError, match="truncated or edited"):
+        load_table(table_path)
+
+
+def test_wrong_columns_are_named(table_path: Path) -> None:
+    text = table_path.read_text().replace("latency_ms_p50", "latency_p50", 1)
+    table_path.write_text(text)
+    with pytest.raises(AnyshapeError, match=r"wrong columns \(missing \['latency_ms_p50'\]; unexpected \['latency_p50'\]\)"):
+        load_table(table_path)
+
+
+def test_table_of_another_device_is_refused(table_path: Path) -> None:
+    with pytest.raises(AnyshapeError, match=f"is for device '{HERE}', not 'a5000'"):
+        load_table(table_path, device="a5000")
+    moved = table_path.parent.parent.parent / "cpu-xeon-8480-2c" / "fake"
+    moved.mkdir(parents=True)
+    for f in table_path.parent.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(AnyshapeError, match=r"meta.json says device"):
+        load_table(moved / table_path.name)
+
+
+def test_table_of_another_software_version_is_refused(tmp_path: Path) -> None:
+    from profilers.torch_profiler import TorchProfiler
+
+    class FakeTorch(FakeProfiler):
+        runtime = "torch"  # a fake measurement filed as a torch table
+
+    result = run_fake(tmp_path, profiler=FakeTorch(FAST))
+    load_table(result.path)  # same versions: fine
+    meta_path = result.path.parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tables"]["tiny-llama"]["software"]["torch"] = "1.13.1"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(AnyshapeError, match=r"measured with torch 1.13.1, this environment has"):
+        load_table(result.path)
+    assert load_table(result.path, check_software=False).rows
+    assert TorchProfiler.runtime == "torch"
+
+
+def test_missing_or_broken_meta_is_an_error(table_path: Path) -> None:
+    meta = table_path.parent / "meta.json"
+    meta.write_text("{not json")
+    with pytest.raises(AnyshapeError, match=r"meta.json is not valid JSON"):
+        load_table(table_path)
+    meta.unlink()
+    with pytest.raises(AnyshapeError, match=r"meta.json is missing"):
+        load_table(table_path)
+
+
+def test_no_table_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(AnyshapeError, match="no latency table"):
+        load_table(tmp_path / "x" / "torch" / "y.csv")
+
+
+def test_list_tables_reports_each_table(tmp_path: Path) -> None:
+    run_fake(tmp_path)
+    (tmp_path / "broken" / "torch").mkdir(parents=True)
+    (tmp_path / "broken" / "torch" / "t.csv").write_text("garbage\n")
+    listed = {t["device"]: t for t in list_tables(tmp_path)}
+    assert listed[HERE]["source"] == "measured" and listed[HERE]["status"] == "ok" and listed[HERE]["rows"] > 0
+    assert listed["broken"]["status"].startswith(str(tmp_path / "broken")) or "meta.json" in listed["broken"]["status"]
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def test_estimates_are_marked_and_slower_on_smaller_devices(tmp_path: Path) -> None:
+    from profilers.roofline import estimate
+
+    tables = {}
+    for device in ("h100", "a5000", "jetson-orin-nano-8gb"):
+        result = estimate(SPEC, device, "torch", tmp_path, grid=GRID)
+        assert result.source == "roofline-estimate"
+        tables[device] = load_table(result.path)
+    for table in tables.values():
+        assert table.source == "roofline-estimate" and "ESTIMATE" in table.meta["note"]
+        assert all(r["repeats"] == 0 for r in table.rows)
+        assert "(roofline-estimate)" in table.label
+    def whole(device: str) -> float:
+        return tables[device].select(block="whole-model", phase="decode")[0]["latency_ms_p50"]
+    assert whole("h100") < whole("a5000") < whole("jetson-orin-nano-8gb")
+
+
+def test_decode_estimate_is_bandwidth_bound() -> None:
+    from profilers.cost import ModelDims, block_cost
+    from profilers.devices import A5000
+    from profilers.roofline import Efficiency, roofline_ms
+    from profilers.run import resolve_model_spec
+    from profilers.workload import BlockPoint
+
+    spec = resolve_model_spec("qwen2.5-0.5b")
+    dims = ModelDims.from_config(spec.family, spec.config)
+    point = BlockPoint("whole-model", "decode", 1, 1, 128, 24, 14, 2, 4864, "float16")
+    eff = Efficiency(1.0, 1.0, 0.0, "ideal")
+    ms = roofline_ms(dims, point, A5000.memory_bandwidth_gb_s, A5000.fp16_dense_tflops * 1e3, eff)
+    weights = block_cost(dims, point).weight_bytes
+    assert 0.9e9 < weights < 1.0e9  # 494M params minus the embedding table, fp16
+    assert ms == pytest.approx(block_cost(dims, point).bytes / 768e6, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def test_grid_round_trips_and_validates() -> None:
+    grid = GridConfig(batch=(1, 4), seq_len=(64,), ffn_steps=3, seed=5)
+    assert GridConfig.from_dict(json.loads(json.dumps(grid.to_dict()))) == grid
+    with pytest.raises(AnyshapeError, match=r"grid.phases"):
+        GridConfig(phases=("train",))
+    with pytest.raises(AnyshapeError, match="unknown field"):
+        GridConfig.from_dict({"seqlen": [1]})
+    with pytest.raises(AnyshapeError, match=r"grid.batch"):
+        GridConfig(batch=(0,))
+
+
+def test_whole_model_shapes_are_seeded() -> None:
+    space = SPEC.family.space(SPEC.config)
+    a = sample_shapes(space, GridConfig(whole_model_samples=4, seed=3))
+    b = sample_shapes(space, GridConfig(whole_model_samples=4, seed=3))
+    c = sample_shapes(space, GridConfig(whole_model_samples=4, seed=4))
+    assert a == b and a != c and a[0] == space.full_shape()
+    assert len({(s.depth, s.heads, s.kv_heads, s.ffn) for s in a}) == 4
+
+
+def test_head_grid_spreads_and_keeps_the_ends() -> None:
+    from profilers.run import resolve_model_spec
+
+    spec = resolve_model_spec("qwen2.5-0.5b")
+    space = spec.family.space(spec.config)
+    pairs = head_grid(space, 4)
+    assert len(pairs) == 4 and pairs[0] == space.head_choices()[0] and pairs[-1] == (14, 2)
+    assert head_grid(space, 0) == space.head_choices()
+
+
+def test_encoders_have_prefill_only_and_full_heads(minilm_dir: Path) -> None:
+    from profilers.run import resolve_model_spec
+
+    spec = resolve_model_spec("minilm")
+    points = build_points(spec.family, spec.family.space(spec.config), GridConfig())
+    assert {p.phase for p in points} == {"prefill"}
+    assert {p.heads for p in points if p.block == "attention"} == {12}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in-process (its entry point returns the exit status) and capture its output."""
+    from nas.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: ~10 s on a loaded 2-core machine
+def test_cli_entry_point_exits_non_zero_without_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "profile", "--device", "tpu-v9", "--model", "x", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("anyshape: error: unknown device 'tpu-v9'") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "tpu-v9", "--model", "ref-llama-12l"], "unknown device 'tpu-v9'; known:"),
+        (["--device", "cpu-xeon-8480-2c", "--model", "ref-llama-12l"], "is not this machine's CPU"),
+        (["--device", "a5000", "--model", "ref-llama-12l"], "CUDA was asked for but torch sees no CUDA device"),
+        (["--device", "a5000", "--model", "ref-llama-12l", "--runtime", "onnxruntime"], "CUDA was asked for but this onnxruntime"),
+        (["--device", HERE, "--model", "ref-llama-12l", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
+        (["--device", HERE, "--model", "no/such-model-here", "--grid", "{bad"], "--grid is not valid JSON"),
+        (["--device", HERE, "--model", "ref-llama-12l", "--threads", "0"], "protocol.threads is 0"),
+        (["--device", "gpu", "--model", "ref-llama-12l", "--estimate"], "unknown device 'gpu'"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    import torch
+
+    if "CUDA" in message and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = cli(capsys, "profile", *args, "--out", str(tmp_path))
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_cli_estimate_and_tables_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    done = cli(capsys, "profile", "--device", "jetson-orin-nano-8gb", "--model", "ref-llama-12l", "--estimate", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "(roofline-estimate)" in done.stdout
+    listed = cli(capsys, "tables", "list", "--root", str(tmp_path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert entry["device"] == "jetson-orin-nano-8gb" and entry["source"] == "roofline-estimate"
+    assert entry["rows"] > 0 and entry["date"] and entry["status"] == "ok"
+    shown = cli(capsys, "tables", "list", "--root", str(tmp_path))
+    assert "roofline-estimate" in shown.stdout
+
+
+def test_cli_corrupted_table_in_list_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli(capsys, "profile", "--device", "a5000", "--model", "ref-llama-12l", "--estimate", "--out", str(tmp_path))
+    csv_path = tmp_path / "a5000" / "torch" / "ref-llama-12l.csv"
+    csv_path.write_text(csv_path.read_text()[:200])
+    listed = cli(capsys, "tables", "list", "--root", str(tmp_path), "--json")
+    (entry,) = json.loads(listed.stdout)
+    assert entry["status"] != "ok" and ("truncated" in entry["status"] or "fields" in entry["status"])
