@@ -258,6 +258,7 @@ def profile(
     todo = [p for p in points if p.key not in run.rows]
     segment: dict[str, Any] = {"started": today(), "points": 0, "seconds": 0.0, "background_cpu_share": 0.0}
     run.state["segments"].append(segment)
+    run.save_state()  # from the first point on, a killed run can resume
     monitor = LoadMonitor()
     monitor.start()
     start = time.perf_counter()

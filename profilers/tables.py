@@ -157,14 +157,17 @@ def parse_rows(text: str, where: str) -> list[dict[str, Any]]:
 def _locked(folder: Path) -> Iterator[None]:
     """Serialise read-modify-write of one folder's meta.json between processes."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".meta.lock", "a") as lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no lock
         yield
+        return
+    fd = os.open(folder, os.O_RDONLY)  # lock the folder itself: no lock file is left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

@@ -83,6 +83,14 @@ def test_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert len(table.rows) == total and len(table.meta["segments"]) == 2
 
 
+def test_run_killed_before_its_first_point_resumes(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(tmp_path, profiler=FakeProfiler(FAST, fail_after=0))
+    result = run_fake(tmp_path)
+    assert result.resumed_points == 0 and result.rows == result.measured_points
+    assert sorted(p.name for p in result.path.parent.iterdir()) == ["meta.json", "tiny-llama.csv"]
+
+
 def test_resume_with_other_settings_is_refused_until_restart(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_fake(tmp_path, profiler=FakeProfiler(FAST, fail_after=3))
