@@ -337,3 +337,31 @@ def test_cli_corrupted_table_in_list_is_reported(tmp_path: Path, capsys: pytest.
     listed = cli(capsys, "tables", "list", "--root", str(tmp_path), "--json")
     (entry,) = json.loads(listed.stdout)
     assert entry["status"] != "ok" and ("truncated" in entry["status"] or "fields" in entry["status"])
+
+
+def test_calibration_recovers_the_efficiency_of_a_known_device(tmp_path: Path) -> None:
+    from profilers.cost import ModelDims
+    from profilers.roofline import calibrate
+
+    # the fake runs at 50 GFLOP/s and 20 GB/s; against roofs of 100 and 40 that is 50 % of each
+    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(FAST, gflops=50, bandwidth_gb_s=20, overhead_ms=0.0)).path)
+    eff = calibrate(table, ModelDims.from_config(SPEC.family, SPEC.config), bandwidth_gb_s=40, gflops=100)
+    assert eff.memory == pytest.approx(0.5, rel=0.15)
+    assert eff.compute == pytest.approx(0.5, rel=0.15)
+    assert "calibrated on" in eff.source
+
+
+def test_gpu_estimates_calibrate_on_a_measured_gpu_table(tmp_path: Path) -> None:
+    from profilers.environment import software_versions
+    from profilers.roofline import GPU_PRIOR, estimate
+    from profilers.tables import write_table
+
+    prior = load_table(estimate(SPEC, "a5000", "torch", tmp_path / "prior", grid=GRID).path)
+    assert prior.meta["roofline"]["efficiency"]["source"] == GPU_PRIOR.source
+    # pretend an H100 was measured (rows from the fake, filed as a measured h100 torch table)
+    rows = load_table(run_fake(tmp_path / "fake", profiler=FakeProfiler(FAST, gflops=2e5, bandwidth_gb_s=1000)).path).rows
+    entry = {"source": "measured", "device": "h100", "runtime": "torch", "software": software_versions()}
+    write_table(tmp_path / "cal" / "h100" / "torch" / "tiny-llama.csv", rows, entry)
+    calibrated = load_table(estimate(SPEC, "a5000", "torch", tmp_path / "cal", grid=GRID).path)
+    assert calibrated.meta["roofline"]["efficiency"]["source"].startswith("calibrated on h100/torch/tiny-llama")
+    assert calibrated.source == "roofline-estimate"
