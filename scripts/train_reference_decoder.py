@@ -102,15 +102,15 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the anyshape reference decoder on the offline corpus.")
     parser.add_argument("--out", type=Path, default=Path("nas/assets/ref-llama-12l"))
-    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--steps", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log-every", type=int, default=40)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -143,7 +143,7 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        running += float(loss)
+        running += float(loss.detach())
         seen += 1
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             point = {"step": step + 1, "train_loss": round(running / seen, 4), "minutes": round((time.perf_counter() - start) / 60, 2)}

@@ -95,8 +95,8 @@ class SubnetEvaluator:
     def score(self, layers: tuple[int, ...], cuts: list[LayerCut] | None = None, hooks: Any = None) -> Score:
         """Score the subnet keeping ``layers`` (and, with ``cuts``, only their heads and channels).
 
-        ``hooks`` is an optional context manager factory ``hooks(model)`` applied inside the masked
-        forward (e.g. bias compensation).
+        ``hooks`` is an optional context manager factory ``hooks(model)`` entered on the base model
+        around the masked forward (e.g. bias compensation).
         """
         self.evaluations += 1
         n = self.space.num_layers
@@ -114,12 +114,11 @@ class SubnetEvaluator:
         counts: list[float] = []
         extra: dict[str, list[float]] = {"hidden_error": [], "tokens": []}
         for b, batch in enumerate(self.batches):
-            with self._subnet(all_layers, run_layers, start, inject, cuts if masking else None) as model:
+            ctx = hooks(self.model) if hooks is not None else _null()  # hooks see the base model's layers
+            with ctx, self._subnet(all_layers, run_layers, start, inject, cuts if masking else None) as model:
                 if inject is not None:
                     inject.value = self.layer_inputs[b][start]
-                ctx = hooks(model) if hooks is not None else _null()
-                with ctx:
-                    out = run(model, self.family, batch)
+                out = run(model, self.family, batch)
             total, count, err = self._batch_loss(b, batch, out)
             totals.append(total)
             counts.append(count)
