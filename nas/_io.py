@@ -20,6 +20,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     _ensure_parent(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -54,6 +55,7 @@ def atomic_directory(out: str | os.PathLike[str], *, overwrite: bool = False) ->
     except OSError as e:
         raise AnyshapeError(f"cannot write to {out.parent}: {e.strerror}") from None
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield tmp
         if out.exists():
             trash = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -75,3 +77,17 @@ def _ensure_parent(path: Path) -> None:
         raise AnyshapeError(f"cannot create directory {parent}: {e.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise AnyshapeError(f"directory {parent} is not writable; choose another output location")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

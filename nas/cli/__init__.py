@@ -13,6 +13,7 @@ import typer
 from nas.cli import (  # noqa: F401  (commands register on import)
     extract_cmd,
     inspect_cmd,
+    predictor_cmd,
     quickstart_cmd,
     search_cmd,
     supernet_cmd,

@@ -1,0 +1,70 @@
+"""The predictor commands as library functions: find the table, fit on first use, predict, evaluate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from nas.errors import AnyshapeError
+from nas.predictor.model import LatencyPredictor, fit_predictor, load_predictor
+from nas.shape import Shape
+from nas.workload import Workload
+
+
+def predictor_path(tables_root: str | Path, device: str, runtime: str, table: str) -> Path:
+    return Path(tables_root) / device / runtime / f"{table}.predictor.json"
+
+
+def predictor_for(
+    device: str, runtime: str, model: str, *, tables_root: str | Path = "latency_tables", table: str | None = None,
+    refit: bool = False, seed: int = 0,
+) -> tuple[LatencyPredictor, Any]:  # fmt: skip
+    """The saved predictor for (device, runtime, model's table), fit and saved on first use."""
+    from profilers.run import resolve_model_spec
+
+    spec = resolve_model_spec(model)
+    name = table or spec.name
+    csv_path = Path(tables_root) / device / runtime / f"{name}.csv"
+    if not csv_path.is_file():
+        raise AnyshapeError(f"no latency table {csv_path}; build it with: anyshape profile --device {device} --runtime {runtime} --model {model}")
+    path = predictor_path(tables_root, device, runtime, name)
+    if path.is_file() and not refit:
+        predictor = load_predictor(path)
+        if predictor.refit_reason:
+            sys.stderr.write(f"anyshape: note: predictor {path.name} was {predictor.refit_reason}\n")
+        return predictor, spec
+    predictor = fit_predictor(csv_path, dict(spec.config), seed=seed)
+    predictor.save(path)
+    return predictor, spec
+
+
+def shape_for_prediction(spec: Any, shape: dict[str, Any]) -> Shape:
+    """Resolve a shape for latency (which layers are kept does not matter, only how many)."""
+    data = dict(shape)
+    if "depth" in data and "layers" not in data:
+        depth = data.pop("depth")
+        if not isinstance(depth, int) or isinstance(depth, bool):
+            raise AnyshapeError(f"shape.depth must be an integer, got {depth!r}")
+        data["layers"] = list(range(depth))
+    return Shape.from_dict(data).resolve(spec.family.space(spec.config))
+
+
+def predict_latency(
+    device: str, runtime: str, model: str, shape: dict[str, Any], workload: Workload, *, tables_root: str | Path = "latency_tables",
+    table: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``anyshape predictor predict``: one shape's predicted latency with its source and any flag."""
+    predictor, spec = predictor_for(device, runtime, model, tables_root=tables_root, table=table)
+    resolved = shape_for_prediction(spec, shape)
+    latency = float(predictor.predict([resolved], workload)[0])
+    flag = predictor.flags([resolved], workload, predicted=[latency])[0]  # type: ignore[arg-type]
+    return {
+        "latency_ms": round(latency, 6),
+        "source": predictor.source,
+        "table": predictor.label,
+        "workload": workload.name,
+        "shape": resolved.to_dict(),
+        "model": predictor.chosen,
+        "flag": flag,
+    }

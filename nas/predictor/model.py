@@ -1,0 +1,361 @@
+"""A learned end-to-end latency predictor for one device, runtime and model, fit on a table.
+
+Features are the shape and workload numbers plus the lookup-table sum of the blocks, the
+analytic FLOPs and bytes; the target is ``log(latency / lut_sum)``, a correction of the
+lookup-table estimate, so that trees and networks never have to extrapolate absolute
+latencies. Candidates (gradient-boosted trees, an MLP, a ridge fit) are compared by
+cross-validated error on the fitting rows and the best is kept.
+
+Portability. A saved predictor is its *recipe* (table path and sha256, candidates, seed,
+held-out split) in JSON plus the fitted model in a joblib file stamped with the scikit-learn
+version. Loading under another scikit-learn version (or a file that fails to load) never
+unpickles across versions: it refits from the recipe, deterministically, and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas._io import write_json_atomic
+from nas.errors import AnyshapeError
+from nas.predictor.lut import BlockLUT, workload_keys
+from nas.shape import Shape
+from nas.workload import Workload
+
+FORMAT = "anyshape/latency-predictor-v1"
+FEATURES = (
+    "depth", "heads", "kv_heads", "ffn", "hidden", "decode", "batch", "seq_len", "context_len",
+    "log_lut_ms", "log_flops", "log_bytes",
+)  # fmt: skip
+CANDIDATES = ("gbt", "mlp", "ridge")
+
+
+@dataclass(frozen=True)
+class FitRecipe:
+    """Everything needed to refit the same predictor from the same table."""
+
+    table: str  # path of the CSV
+    table_sha256: str
+    model_config: dict[str, Any]  # config.json of the base model (family, sizes)
+    candidates: tuple[str, ...] = CANDIDATES
+    holdout_fraction: float = 0.4
+    seed: int = 0
+    cv_folds: int = 5
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.candidates if c not in CANDIDATES]
+        if unknown or not self.candidates:
+            raise AnyshapeError(f"predictor candidates {list(self.candidates)}; allowed: {', '.join(CANDIDATES)}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise AnyshapeError(f"holdout_fraction is {self.holdout_fraction}; allowed range [0, 1)")
+        if self.cv_folds < 2:
+            raise AnyshapeError("cv_folds must be at least 2")
+
+
+@dataclass
+class LatencyPredictor:
+    """Predicts end-to-end latency (ms) for shapes and workloads of one table."""
+
+    recipe: FitRecipe
+    chosen: str
+    cv_mape: dict[str, float]
+    source: str  # the table's: "measured" | "roofline-estimate"
+    label: str  # where the numbers come from, for display
+    bandwidth_gb_s: float | None
+    holdout_keys: list[str] = field(default_factory=list)
+    _model: Any = field(default=None, repr=False)
+    _lut: BlockLUT | None = field(default=None, repr=False)
+    _costs: Any = field(default=None, repr=False)
+    refit_reason: str | None = None
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, shapes: Sequence[Shape], workload: Workload) -> np.ndarray:
+        """Latency in ms of each resolved shape (one batch call; thousands per second)."""
+        if not shapes:
+            return np.zeros(0)
+        x, lut = self._features(shapes, workload)
+        correction = self._model.predict(x)
+        return np.asarray(lut * np.exp(correction), dtype=float)
+
+    def bandwidth_bound_ms(self, shapes: Sequence[Shape], workload: Workload) -> np.ndarray:
+        """Weight bytes / memory bandwidth: no run can be faster (0 where bandwidth is unknown)."""
+        if not self.bandwidth_gb_s:
+            return np.zeros(len(shapes))
+        weight_bytes = np.array([self._cost(s, workload).weight_bytes for s in shapes])
+        return weight_bytes / (self.bandwidth_gb_s * 1e9) * 1e3
+
+    def flags(self, shapes: Sequence[Shape], workload: Workload, predicted: np.ndarray | None = None) -> list[str | None]:
+        """A warning per shape whose prediction beats the memory-bandwidth bound (else None)."""
+        predicted = self.predict(shapes, workload) if predicted is None else predicted
+        bound = self.bandwidth_bound_ms(shapes, workload)
+        return [
+            f"below the memory-bandwidth bound ({b:.3g} ms at {self.bandwidth_gb_s:g} GB/s)" if b > 0 and p < b else None
+            for p, b in zip(predicted, bound)
+        ]
+
+    # ------------------------------------------------------------------ features
+    def _features(self, shapes: Sequence[Shape], workload: Workload) -> tuple[np.ndarray, np.ndarray]:
+        """Feature rows and lookup-table sums; costs are linear in depth, so they are computed
+        once per width (``outside + depth * per_layer``) and the rest is vectorised."""
+        assert self._lut is not None
+        self._lut.check(workload)
+        phase, batch, seq_len, context_len = workload_keys(workload)
+        widths: dict[tuple[int, int, int], int] = {}
+        index = np.empty(len(shapes), dtype=np.int64)
+        depth = np.empty(len(shapes))
+        for i, s in enumerate(shapes):
+            assert s.layers is not None and s.heads is not None and s.kv_heads is not None and s.ffn is not None
+            index[i] = widths.setdefault((s.heads, s.kv_heads, s.ffn), len(widths))
+            depth[i] = len(s.layers)
+        # per width: (lut outside, lut per layer, flops outside, flops per layer, bytes outside, bytes per layer)
+        table = np.empty((len(widths), 6))
+        for (heads, kv, ffn), j in widths.items():
+            one = Shape(layers=(0,), heads=heads, kv_heads=kv, ffn=ffn)
+            two = Shape(layers=(0, 1), heads=heads, kv_heads=kv, ffn=ffn)
+            l1, l2 = self._lut.total_ms(one, workload), self._lut.total_ms(two, workload)
+            c1, c2 = self._cost(one, workload), self._cost(two, workload)
+            b1, b2 = c1.weight_bytes + c1.activation_bytes, c2.weight_bytes + c2.activation_bytes
+            table[j] = (2 * l1 - l2, l2 - l1, 2 * c1.flops - c2.flops, c2.flops - c1.flops, 2 * b1 - b2, b2 - b1)
+        t = table[index]
+        lut = t[:, 0] + depth * t[:, 1]
+        flops = t[:, 2] + depth * t[:, 3]
+        nbytes = t[:, 4] + depth * t[:, 5]
+        w = np.array(list(widths))[index]
+        rows = np.column_stack(
+            [
+                depth, w[:, 0], w[:, 1], w[:, 2], np.full(len(shapes), self._costs.hidden),
+                np.full(len(shapes), float(phase == "decode")), np.full(len(shapes), batch),
+                np.full(len(shapes), seq_len), np.full(len(shapes), context_len),
+                np.log(lut), np.log(np.maximum(flops, 1.0)), np.log(np.maximum(nbytes, 1.0)),
+            ]
+        )  # fmt: skip
+        return rows, lut
+
+    def _cost(self, shape: Shape, workload: Workload) -> Any:
+        from profilers.cost import whole_model_cost
+        from profilers.workload import BlockPoint
+
+        assert shape.layers is not None and shape.heads is not None and shape.kv_heads is not None and shape.ffn is not None
+        phase, batch, seq_len, context_len = workload_keys(workload)
+        point = BlockPoint("whole-model", phase, batch, seq_len, context_len, len(shape.layers), shape.heads, shape.kv_heads, shape.ffn)  # type: ignore[arg-type]
+        return whole_model_cost(self._costs, point)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (JSON recipe and metrics) and ``path.with_suffix('.joblib')`` (the model)."""
+        import joblib
+        import sklearn
+
+        path = Path(path)
+        blob = path.with_suffix(".joblib")
+        tmp = blob.with_name(f".{blob.name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self._model, tmp)
+        tmp.replace(blob)
+        write_json_atomic(
+            path,
+            {
+                "format": FORMAT,
+                "recipe": asdict(self.recipe),
+                "chosen": self.chosen,
+                "cv_mape": self.cv_mape,
+                "source": self.source,
+                "label": self.label,
+                "bandwidth_gb_s": self.bandwidth_gb_s,
+                "holdout_keys": self.holdout_keys,
+                "sklearn_version": sklearn.__version__,
+                "model_sha256": hashlib.sha256(blob.read_bytes()).hexdigest(),
+            },
+        )
+        return path
+
+
+# ---------------------------------------------------------------------- fitting
+def fit_predictor(table_path: str | Path, model_config: dict[str, Any], *, seed: int = 0, holdout_fraction: float = 0.4,
+                  candidates: Sequence[str] = CANDIDATES) -> LatencyPredictor:  # fmt: skip
+    """Fit on the table's whole-model rows (less a seeded held-out share), picking the best candidate."""
+    from profilers.tables import load_table
+
+    table = load_table(table_path, check_software=False)
+    recipe = FitRecipe(str(Path(table_path)), _sha256(Path(table_path)), dict(model_config), tuple(candidates), holdout_fraction, seed)
+    return _fit(recipe, table)
+
+
+def _fit(recipe: FitRecipe, table: Any) -> LatencyPredictor:
+    from nas.families import family_for
+    from profilers.cost import ModelDims
+
+    family = family_for(recipe.model_config)
+    dims = ModelDims.from_config(family, recipe.model_config)
+    lut = BlockLUT(table.rows, family.kind)
+    whole = [r for r in table.rows if r["block"] == "whole-model"]
+    fit_rows, holdout = split_rows(whole, recipe.holdout_fraction, recipe.seed)
+    if len(fit_rows) < recipe.cv_folds * 2:
+        raise AnyshapeError(
+            f"table {table.path} has {len(fit_rows)} whole-model rows to fit on (after holding out {len(holdout)}); "
+            f"need at least {recipe.cv_folds * 2}: profile with a larger --grid whole_model_samples"
+        )
+    bandwidth = table_bandwidth_gb_s(table)
+    predictor = LatencyPredictor(
+        recipe=recipe, chosen="", cv_mape={}, source=table.source, label=table.label,
+        bandwidth_gb_s=bandwidth, holdout_keys=[row_shape_key(r) for r in holdout],
+    )  # fmt: skip
+    predictor._lut, predictor._costs = lut, dims
+    x, y = _design(predictor, fit_rows)
+    scores = {name: _cv_mape(name, x, y, recipe) for name in recipe.candidates}
+    predictor.chosen = min(scores, key=lambda n: (scores[n], n))
+    predictor.cv_mape = {k: round(v, 5) for k, v in scores.items()}
+    predictor._model = _make(predictor.chosen, recipe.seed).fit(x, y)
+    return predictor
+
+
+def _design(predictor: LatencyPredictor, rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for group, items in _by_workload(rows).items():
+        shapes = [row_shape(r) for r in items]
+        x, lut = predictor._features(shapes, group)
+        xs.append(x)
+        ys.append(np.log(np.array([r["latency_ms_p50"] for r in items]) / lut))
+    return np.vstack(xs), np.concatenate(ys)
+
+
+def _cv_mape(name: str, x: np.ndarray, y: np.ndarray, recipe: FitRecipe) -> float:
+    from sklearn.model_selection import KFold
+
+    errors = []
+    for train, test in KFold(recipe.cv_folds, shuffle=True, random_state=recipe.seed).split(x):
+        model = _make(name, recipe.seed).fit(x[train], y[train])
+        errors.extend(np.abs(np.exp(model.predict(x[test]) - y[test]) - 1.0))
+    return float(np.mean(errors))
+
+
+def _make(name: str, seed: int) -> Any:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if name == "gbt":
+        return HistGradientBoostingRegressor(max_iter=150, learning_rate=0.08, min_samples_leaf=5, random_state=seed)
+    if name == "mlp":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 32), alpha=1e-3, max_iter=800, random_state=seed))
+    return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
+
+
+def table_bandwidth_gb_s(table: Any) -> float | None:
+    """The memory bandwidth a table's device reads weights at: measured (meta.json), else the spec sheet."""
+    measured = (table.meta.get("memory_bandwidth") or {}).get("read_gb_s")
+    if measured:
+        return float(measured)
+    try:
+        from profilers.devices import device_spec
+
+        return float(device_spec(table.device).memory_bandwidth_gb_s)
+    except (AnyshapeError, ImportError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------------- loading
+def load_predictor(path: str | Path) -> LatencyPredictor:
+    """Load a saved predictor; refit from its recipe (saying why) when the model file cannot be used."""
+    import sklearn
+
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AnyshapeError(f"no saved predictor at {path}; fit one with anyshape predictor fit") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise AnyshapeError(f"predictor file {path} is unreadable: {e}") from None
+    if saved.get("format") != FORMAT:
+        raise AnyshapeError(f"{path} is not an anyshape latency predictor ({FORMAT})")
+    recipe_data = saved["recipe"]
+    recipe_data["candidates"] = tuple(recipe_data["candidates"])
+    recipe = FitRecipe(**recipe_data)
+    from profilers.tables import load_table
+
+    table_path = Path(recipe.table)
+    if not table_path.is_file() or _sha256(table_path) != recipe.table_sha256:
+        raise AnyshapeError(f"predictor {path} was fit on {recipe.table} (sha256 {recipe.table_sha256[:12]}...), which is missing or changed; fit it again")
+    table = load_table(table_path, check_software=False)
+    reason = None
+    blob = path.with_suffix(".joblib")
+    if saved.get("sklearn_version") != sklearn.__version__:
+        reason = f"saved with scikit-learn {saved.get('sklearn_version')}, this is {sklearn.__version__}"
+    elif not blob.is_file() or hashlib.sha256(blob.read_bytes()).hexdigest() != saved.get("model_sha256"):
+        reason = "its model file is missing or changed"
+    if reason is None:
+        try:
+            import joblib
+
+            model = joblib.load(blob)
+        except Exception as e:  # a model file that will not load is refit, not fatal
+            reason = f"its model file failed to load ({type(e).__name__})"
+    if reason is not None:
+        predictor = _fit(recipe, table)
+        predictor.refit_reason = f"refit from the recipe: {reason}"
+        predictor.save(path)
+        return predictor
+    predictor = _fit_shell(recipe, table, saved)
+    predictor._model = model
+    return predictor
+
+
+def _fit_shell(recipe: FitRecipe, table: Any, saved: dict[str, Any]) -> LatencyPredictor:
+    from nas.families import family_for
+    from profilers.cost import ModelDims
+
+    family = family_for(recipe.model_config)
+    predictor = LatencyPredictor(
+        recipe=recipe, chosen=saved["chosen"], cv_mape=saved["cv_mape"], source=table.source, label=table.label,
+        bandwidth_gb_s=saved.get("bandwidth_gb_s"), holdout_keys=saved.get("holdout_keys", []),
+    )  # fmt: skip
+    predictor._lut = BlockLUT(table.rows, family.kind)
+    predictor._costs = ModelDims.from_config(family, recipe.model_config)
+    return predictor
+
+
+# ---------------------------------------------------------------------- rows
+def row_shape(row: dict[str, Any]) -> Shape:
+    return Shape(layers=tuple(range(row["depth"])), heads=row["heads"], kv_heads=row["kv_heads"], ffn=row["ffn"])
+
+
+def row_workload(row: dict[str, Any]) -> Workload:
+    if row["phase"] == "prefill":
+        return Workload("prefill", row["batch"], row["seq_len"])
+    return Workload("decode", row["batch"], row["context_len"])
+
+
+def row_shape_key(row: dict[str, Any]) -> str:
+    return f"{row_workload(row).name}|d{row['depth']}|h{row['heads']}|k{row['kv_heads']}|f{row['ffn']}"
+
+
+def split_rows(rows: Sequence[dict[str, Any]], holdout_fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A seeded split by shape key (stable under row order): fitting rows, held-out rows."""
+    fit, held = [], []
+    for row in rows:
+        digest = hashlib.sha256(f"{seed}|{row_shape_key(row)}".encode()).digest()
+        (held if int.from_bytes(digest[:8], "big") / 2**64 < holdout_fraction else fit).append(row)
+    return fit, held
+
+
+def _by_workload(rows: Sequence[dict[str, Any]]) -> dict[Workload, list[dict[str, Any]]]:
+    groups: dict[Workload, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row_workload(row), []).append(row)
+    return groups
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,111 @@
+"""Latency predictor: fit on a (fake-profiler) table, batch prediction, portability, the bound flag."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nas.errors import AnyshapeError
+from nas.predictor import evaluate_predictor, fit_predictor, load_predictor
+from nas.shape import Shape
+from nas.workload import Workload
+from profilers.blocks import ModelSpec
+from profilers.fake import FakeProfiler
+from profilers.protocol import ProtocolConfig
+from profilers.run import profile
+from profilers.testing import TINY_LLAMA
+from profilers.workload import GridConfig
+
+from nas.families import family_for
+
+CONFIG = {**TINY_LLAMA, "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 256}
+PREFILL = Workload("prefill", 1, 16)
+DECODE = Workload("decode", 1, 16)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tables")
+    spec = ModelSpec("tiny", family_for(CONFIG), CONFIG)
+    profiler = FakeProfiler(ProtocolConfig(warmup=0, repeats=3, min_repeats=3), noise_cv=0.01, overhead_ms=0.05, seed=1)
+    grid = GridConfig(seq_len=(16,), context_len=(16,), ffn_steps=4, whole_model_samples=80, seed=2)
+    from profilers.environment import cpu_slug
+
+    result = profile(spec, cpu_slug(), "torch", out, grid=grid, profiler=profiler, progress=False, bandwidth_buffer_mib=8)
+    return result.path
+
+
+@pytest.fixture(scope="module")
+def fitted(table):
+    return fit_predictor(table, CONFIG, seed=0)
+
+
+def test_fit_predict_and_eval(fitted):
+    predictor = fitted
+    assert predictor.chosen in ("gbt", "mlp", "ridge") and set(predictor.cv_mape) == {"gbt", "mlp", "ridge"}
+    report = evaluate_predictor(predictor)
+    for name in ("prefill:b1:s16", "decode:b1:c16"):
+        learned = report["workloads"][name]["learned"]
+        assert learned["n"] >= 20
+        assert learned["within_10pct"] >= 0.9 and learned["kendall_tau"] >= 0.8
+        assert {"lut_sum", "flops_linear"} <= set(report["workloads"][name])
+
+
+def test_batch_prediction_matches_single_predictions(fitted, table):
+    predictor = fitted
+    rng = np.random.default_rng(0)
+    shapes = [
+        Shape(layers=tuple(range(int(rng.integers(1, 7)))), heads=h, kv_heads=h // 2, ffn=int(rng.integers(1, 257)))
+        for h in rng.choice([2, 4, 6, 8], size=10_000)
+    ]
+    batch = predictor.predict(shapes, PREFILL)  # speed: benchmarks/predictor.py
+    for i in (0, 3, 9_999):
+        assert batch[i] == pytest.approx(predictor.predict([shapes[i]], PREFILL)[0])
+    assert np.all(batch > 0)
+
+
+def test_same_seed_same_predictor(table):
+    a, b = fit_predictor(table, CONFIG, seed=4), fit_predictor(table, CONFIG, seed=4)
+    shapes = [Shape(layers=(0, 1, 2), heads=4, kv_heads=2, ffn=100), Shape(layers=tuple(range(6)), heads=8, kv_heads=4, ffn=256)]
+    assert np.array_equal(a.predict(shapes, DECODE), b.predict(shapes, DECODE))
+    assert a.holdout_keys == b.holdout_keys
+
+
+def test_save_load_round_trip_and_refit_on_version_change(fitted, table, tmp_path):
+    predictor = fitted
+    path = predictor.save(tmp_path / "p.json")
+    shapes = [Shape(layers=(0, 2), heads=8, kv_heads=4, ffn=64)]
+    loaded = load_predictor(path)
+    assert loaded.refit_reason is None
+    assert np.array_equal(loaded.predict(shapes, PREFILL), predictor.predict(shapes, PREFILL))
+    saved = json.loads(path.read_text())
+    saved["sklearn_version"] = "0.0.1"  # as if written by another scikit-learn
+    path.write_text(json.dumps(saved))
+    refit = load_predictor(path)
+    assert refit.refit_reason and "scikit-learn 0.0.1" in refit.refit_reason
+    assert np.allclose(refit.predict(shapes, PREFILL), predictor.predict(shapes, PREFILL))
+    path.with_suffix(".joblib").write_bytes(b"garbage")
+    assert "missing or changed" in (load_predictor(path).refit_reason or "")
+
+
+def test_flag_below_bandwidth_bound(fitted, table):
+    predictor = fitted
+    shapes = [Shape(layers=tuple(range(6)), heads=8, kv_heads=4, ffn=256)]
+    measured = predictor.bandwidth_gb_s
+    try:
+        predictor.bandwidth_gb_s = 1e6  # a memory so fast that no prediction can beat it
+        assert predictor.flags(shapes, DECODE) == [None]
+        predictor.bandwidth_gb_s = 1e-6  # an absurdly slow memory: every prediction now beats the bound
+        assert "memory-bandwidth bound" in (predictor.flags(shapes, DECODE)[0] or "")
+    finally:
+        predictor.bandwidth_gb_s = measured
+
+
+def test_unknown_workload_and_missing_table(fitted, table, tmp_path):
+    predictor = fitted
+    with pytest.raises(AnyshapeError, match="no block rows for workload prefill:b1:s512"):
+        predictor.predict([Shape(layers=(0,), heads=8, kv_heads=4, ffn=8)], Workload("prefill", 1, 512))
+    with pytest.raises(AnyshapeError, match="no saved predictor"):
+        load_predictor(tmp_path / "none.json")
