@@ -41,17 +41,17 @@ def shown(kind: str, score: Score) -> float:
     return score.metrics["perplexity"] if kind == "decoder" else score.metrics["cosine"]
 
 
-def run_model(spec: str, beam: int, seed: int) -> dict[str, Any]:
+def run_model(spec: str, beam: int, seed: int, num_calib: int) -> dict[str, Any]:
     source = resolve_model(spec)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        built = build_supernet(spec, Path(tmp) / "sn", BuildConfig(), progress=False)
+        calib_cfg = CalibrationConfig(num_calib=num_calib, num_heldout=num_calib)
+        built = build_supernet(spec, Path(tmp) / "sn", BuildConfig(calibration=calib_cfg), progress=False)
         build_s = time.perf_counter() - t
     model, family = load_model(source)
     space = family.space(source.config_dict())
-    calib_cfg = CalibrationConfig()
     data = prepare_data(source.path, family, calib_cfg, int(model.config.vocab_size))
-    out: dict[str, Any] = {"model": spec, "kind": family.kind, "layers": space.num_layers, "build_s": build_s,
+    out: dict[str, Any] = {"model": spec, "kind": family.kind, "beam": beam, "num_calib": num_calib, "layers": space.num_layers, "build_s": build_s,
                            "build_timings": built.timings, "calibration": data.record}
     with torch.no_grad():
         calib = SubnetEvaluator(model, family, space, data.calib)
@@ -96,33 +96,35 @@ def run_model(spec: str, beam: int, seed: int) -> dict[str, Any]:
     return out
 
 
-def markdown(results: list[dict[str, Any]], beam: int) -> str:
+def markdown(results: list[dict[str, Any]]) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [SECTION, "",
              f"`benchmarks/supernet_quality.py` on this machine (2-core CPU, {cpu}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads, shared with other jobs). Calibration: the builtin `stdlib-docs` corpus, "
-             "32 calibration and 32 held-out sequences (decoders: windows of 128 tokens; encoders: one document each, "
-             "at most 128 tokens), seed 0; held-out documents are disjoint from calibration (and from the reference "
-             "decoder's training data).", ""]
+             "N calibration and N held-out sequences (N per model below; decoders: windows of 128 tokens; encoders: one "
+             "document each, at most 128 tokens), seed 0; held-out documents are disjoint from calibration (and from the "
+             "reference decoder's training data).", ""]
     for r in results:
         metric = "held-out perplexity (lower is better)" if r["kind"] == "decoder" else \
             "held-out cosine of mean-pooled embeddings to the full model (higher is better)"
         better = min if r["kind"] == "decoder" else max
-        lines += [f"### {r['model']} ({r['kind']}, {r['layers']} layers)", "",
+        beam = r["beam"]
+        lines += [f"### {r['model']} ({r['kind']}, {r['layers']} layers; N = {r['num_calib']})", "",
                   f"- Build time (default `anyshape supernet build {r['model']}`: DP greedy, fluctuation orders, held-out "
                   f"scores of every row): **{r['build_s']:.1f} s** "
                   f"({', '.join(f'{k} {v:.1f}' for k, v in r['build_timings'].items())}).",
                   f"- DP greedy with both baselines: {r['depth_greedy_s']:.1f} s; DP beam {beam}: {r['depth_beam_s']:.1f} s.",
                   f"- Full model: {r['full']:.4f}.", "",
-                  f"Depth — {metric}; layers kept by each method in the JSON beside this (`--json`).", ""]
+                  f"Depth — {metric}; the layers the DP (greedy) and block influence keep in the last columns.", ""]
         names = list(r["depth"])
-        lines.append("| depth | " + " | ".join(names) + " |")
-        lines.append("|---:|" + "---:|" * len(names))
+        lines.append("| depth | " + " | ".join(names) + " | dp greedy layers | block-influence layers |")
+        lines.append("|---:|" + "---:|" * len(names) + "---|---|")
         for i, row in enumerate(r["depth"][names[0]]):
             values = [r["depth"][n][i]["heldout"] for n in names]
             best = better(values)
             cells = [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in values]
-            lines.append(f"| {row['depth']} | " + " | ".join(cells) + " |")
+            extra = [",".join(map(str, r["depth"][n][i]["layers"])) for n in (names[0], names[-1])]
+            lines.append(f"| {row['depth']} | " + " | ".join(cells) + f" | {extra[0]} | {extra[1]} |")
         lines += ["", f"Width at full depth — {metric}; `+bc` = FLAP bias compensation.", ""]
         methods = ["fluctuation", "magnitude", "random", "fluctuation+bc", "magnitude+bc", "random+bc"]
         lines.append("| cut | width | shape | " + " | ".join(methods) + " |")
@@ -147,19 +149,21 @@ def write_docs(text: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Supernet construction quality benchmark (issue 3).")
-    parser.add_argument("--models", nargs="+", default=["minilm", "ref-decoder"])
+    parser.add_argument("--models", nargs="*", default=["minilm", "ref-decoder"])
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--previous", type=Path, default=None, help="results JSON of an earlier run (other models) to report too")
+    parser.add_argument("--num-calib", type=int, default=32, help="calibration and held-out sequences")
     parser.add_argument("--write-docs", action="store_true", help="replace this benchmark's section of docs/BENCHMARKS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = []
+    results = json.loads(args.previous.read_text()) if args.previous else []
     for spec in args.models:
-        results.append(run_model(spec, args.beam, args.seed))
+        results.append(run_model(spec, args.beam, args.seed, args.num_calib))
         print(json.dumps({k: v for k, v in results[-1].items() if k in ("model", "build_s", "full")}), flush=True)
-    text = markdown(results, args.beam)
+    text = markdown(results)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")

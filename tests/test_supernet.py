@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,44 @@ def test_prefix_property() -> None:
     for layer in range(2):
         top = plan_cuts(SPACE, Shape(ffn=5), orders)[layer].ffn
         assert set(top) == set(orders.ffn[layer][:5])
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+def test_builtin_corpus_split_is_disjoint_and_fixed() -> None:
+    from nas.supernet.data import load_corpus, sample_segments, split_documents, texts_sha256
+
+    docs = load_corpus()
+    assert len(docs) > 1000
+    calib, heldout = split_documents(docs)
+    assert not {d.text for d in calib} & {d.text for d in heldout}
+    assert 0.05 < len(heldout) / len(docs) < 0.15
+    again = split_documents(list(reversed(docs)))
+    assert {d.text for d in again[1]} == {d.text for d in heldout}  # order does not matter
+    a = sample_segments(calib, 8, seed=3)
+    assert a == sample_segments(calib, 8, seed=3) and a != sample_segments(calib, 8, seed=4)
+    assert texts_sha256(a) != texts_sha256(sample_segments(calib, 8, seed=4))
+
+
+def test_calib_text_file_and_missing_dataset_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from nas.supernet.data import load_hf_dataset, load_text_file
+
+    path = tmp_path / "t.txt"
+    path.write_text("first paragraph\nstill first\n\nsecond one\n\n\nthird")
+    docs = load_text_file(path)
+    assert [d.text for d in docs] == ["first paragraph\nstill first", "second one", "third"]
+    with pytest.raises(AnyshapeError, match="does not exist"):
+        load_text_file(tmp_path / "missing.txt")
+    real_import = builtins.__import__
+
+    def no_datasets(name: str, *args: object, **kwargs: object) -> object:
+        if name == "datasets":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(AnyshapeError, match="needs the Hugging Face datasets package"):
+        load_hf_dataset("wikitext:wikitext-2-raw-v1")
