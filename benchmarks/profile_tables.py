@@ -84,8 +84,9 @@ def summary(out: str) -> list[dict[str, object]]:
                 spec = resolve_model_spec(str(meta["model"]))
                 r = ratios(table, ModelDims.from_config(spec.family, spec.config), float(bandwidth), float(gflops))
                 row["roofline/measured"] = round(r["all"], 3)
-                row["decode"] = round(r.get("whole-model/decode", float("nan")), 3)
-                row["prefill"] = round(r.get("whole-model/prefill", float("nan")), 3)
+                for phase in ("decode", "prefill"):
+                    value = r.get(f"whole-model/{phase}")
+                    row[phase] = "-" if value is None else round(value, 3)
         rows.append(row)
     return rows
 

@@ -47,12 +47,14 @@ class Efficiency:
             raise AnyshapeError(f"efficiency.launch_ms is {self.launch_ms}; it must be >= 0")
 
 
-#: Priors for eager PyTorch fp16 on a discrete GPU until a GPU table calibrates them: GEMV-bound
-#: decode typically streams weights at 70-80 % of peak DRAM bandwidth; mid-size fp16 GEMMs reach
-#: about half of dense tensor peak; eager launch + dispatch is ~5 µs per kernel (more on Jetson's
-#: slower ARM cores).
-GPU_PRIOR = Efficiency(memory=0.75, compute=0.5, launch_ms=0.005, source="prior (no measured CUDA table yet)")
-JETSON_PRIOR = Efficiency(memory=0.7, compute=0.45, launch_ms=0.015, source="prior (no measured Jetson table yet)")
+#: Priors for eager PyTorch fp16 on a GPU until a measured GPU table calibrates them (guesses, not
+#: measurements): GEMV-bound decode streams weights at 70-80 % of peak DRAM bandwidth; mid-size
+#: fp16 GEMMs reach about half of dense tensor peak; eager PyTorch + transformers spend ~15 µs of
+#: host time per kernel (Python module call + ATen dispatch + launch) on an x86 host, and about
+#: 2.5x that on a Jetson's Cortex-A78AE cores. For small models at batch 1 this overhead, not the
+#: roofline, dominates decode; calibrate it with a real run as soon as one exists.
+GPU_PRIOR = Efficiency(memory=0.75, compute=0.5, launch_ms=0.015, source="prior (no measured CUDA table yet)")
+JETSON_PRIOR = Efficiency(memory=0.7, compute=0.45, launch_ms=0.04, source="prior (no measured Jetson table yet)")
 
 
 def kernels(kind: str, point: BlockPoint) -> int:
