@@ -1,4 +1,4 @@
-"""``anyshape export``: a study's feasible Pareto front as ready-to-extract configs."""
+"""``anyshape search`` and ``anyshape export``: the Optuna study over a supernet and its Pareto front."""
 
 from __future__ import annotations
 
@@ -26,3 +26,53 @@ def export_command(
         print_json({"out": str(result.out), "configs": [str(p) for p in result.configs], "csv": str(result.csv), "plots": [str(p) for p in result.plots]})
         return
     typer.echo(f"exported {len(result.configs)} Pareto configs to {result.out} (pareto.csv{', pareto.png, pareto.html' if result.plots else ''})")
+
+
+@app.command("search")
+def search_command(
+    supernet: Path = typer.Argument(..., metavar="SUPERNET", help="Supernet directory (anyshape supernet build)."),
+    device: str = typer.Option(..., "--device", help="Device slug whose latency table to use."),
+    runtime: str = typer.Option(..., "--runtime", help="torch | onnxruntime"),
+    trials: int = typer.Option(..., "--trials", help="Complete trials the study should hold."),
+    workload: str = typer.Option("prefill:b1:s128", "--workload", help="prefill:bB:sS or decode:bB:cC"),
+    latency_budget_ms: float | None = typer.Option(None, "--latency-budget-ms", help="Constraint: predicted latency <= this."),
+    memory_budget_mb: float | None = typer.Option(None, "--memory-budget-mb", help="Constraint: weights + KV cache <= this."),
+    memory_objective: bool = typer.Option(False, "--memory-objective", help="Also minimise memory (3 objectives)."),
+    storage: str | None = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite:///studies/STUDY/study.db)."),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: SUPERNET's folder name + device)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes sharing the study."),
+    seed: int = typer.Option(0, "--seed"),
+    sampler: str = typer.Option("nsga2", "--sampler", help="nsga2 | tpe"),
+    model: str | None = typer.Option(None, "--model", help="Base model, if not where the supernet says."),
+    tables: Path = typer.Option(Path("latency_tables"), "--tables", help="Root folder of the latency tables."),
+    table: str | None = typer.Option(None, "--table", help="Table name (default: the base model's name)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Search the accuracy / latency Pareto front of a supernet's shapes on a device."""
+    from nas.search.run import SearchConfig, run_search
+    from nas.workload import Workload
+
+    config = SearchConfig(
+        study=study or f"{supernet.absolute().name}-{device}-{runtime}",
+        trials=trials,
+        factory="nas.search.factory:supernet_problem",
+        factory_args={"supernet": str(supernet.absolute()), "model": model, "tables": str(tables.absolute()), "table": table},
+        device=device,
+        runtime=runtime,
+        workload=Workload.parse(workload),
+        storage=storage,
+        workers=workers,
+        seed=seed,
+        sampler=sampler,  # type: ignore[arg-type]
+        latency_budget_ms=latency_budget_ms,
+        memory_budget_mb=memory_budget_mb,
+        memory_objective=memory_objective,
+    )
+    result = run_search(config, progress=not as_json)
+    if as_json:
+        print_json({"study": result.study, "storage": result.storage, "complete_trials": result.complete_trials,
+                    "new_trials": result.new_trials, "trials_per_minute": round(result.trials_per_minute, 1), "pareto": result.pareto})
+        return
+    typer.echo(f"study {result.study}: {result.complete_trials} trials ({result.new_trials} new, {result.trials_per_minute:.1f}/min), "
+               f"{len(result.pareto)} on the feasible Pareto front; export with: anyshape export --study {result.study}"
+               + (f" --storage {storage}" if storage else ""))

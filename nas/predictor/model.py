@@ -49,6 +49,8 @@ class FitRecipe:
     holdout_fraction: float = 0.4
     seed: int = 0
     cv_folds: int = 5
+    #: With too few whole-model rows, predict the plain lookup-table sum instead of failing.
+    allow_lut_only: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.candidates if c not in CANDIDATES]
@@ -180,12 +182,13 @@ class LatencyPredictor:
 
 # ---------------------------------------------------------------------- fitting
 def fit_predictor(table_path: str | Path, model_config: dict[str, Any], *, seed: int = 0, holdout_fraction: float = 0.4,
-                  candidates: Sequence[str] = CANDIDATES) -> LatencyPredictor:  # fmt: skip
+                  candidates: Sequence[str] = CANDIDATES, allow_lut_only: bool = False) -> LatencyPredictor:  # fmt: skip
     """Fit on the table's whole-model rows (less a seeded held-out share), picking the best candidate."""
     from profilers.tables import load_table
 
     table = load_table(table_path, check_software=False)
-    recipe = FitRecipe(str(Path(table_path)), _sha256(Path(table_path)), dict(model_config), tuple(candidates), holdout_fraction, seed)
+    recipe = FitRecipe(str(Path(table_path)), _sha256(Path(table_path)), dict(model_config), tuple(candidates), holdout_fraction, seed,
+                       allow_lut_only=allow_lut_only)
     return _fit(recipe, table)
 
 
@@ -198,7 +201,7 @@ def _fit(recipe: FitRecipe, table: Any) -> LatencyPredictor:
     lut = BlockLUT(table.rows, family.kind)
     whole = [r for r in table.rows if r["block"] == "whole-model"]
     fit_rows, holdout = split_rows(whole, recipe.holdout_fraction, recipe.seed)
-    if len(fit_rows) < recipe.cv_folds * 2:
+    if len(fit_rows) < recipe.cv_folds * 2 and not recipe.allow_lut_only:
         raise AnyshapeError(
             f"table {table.path} has {len(fit_rows)} whole-model rows to fit on (after holding out {len(holdout)}); "
             f"need at least {recipe.cv_folds * 2}: profile with a larger --grid whole_model_samples"
@@ -209,6 +212,13 @@ def _fit(recipe: FitRecipe, table: Any) -> LatencyPredictor:
         bandwidth_gb_s=bandwidth, holdout_keys=[row_shape_key(r) for r in holdout],
     )  # fmt: skip
     predictor._lut, predictor._costs = lut, dims
+    if len(fit_rows) < recipe.cv_folds * 2:  # too few measured whole models: the plain lookup-table sum
+        from sklearn.dummy import DummyRegressor
+
+        predictor.chosen = "lut-sum"
+        predictor.refit_reason = f"only {len(fit_rows)} whole-model rows: predicting the lookup-table sum, uncorrected"
+        predictor._model = DummyRegressor(strategy="constant", constant=0.0).fit(np.zeros((1, len(FEATURES))), [0.0])
+        return predictor
     x, y = _design(predictor, fit_rows)
     scores = {name: _cv_mape(name, x, y, recipe) for name in recipe.candidates}
     predictor.chosen = min(scores, key=lambda n: (scores[n], n))
