@@ -76,3 +76,26 @@ def search_command(
     typer.echo(f"study {result.study}: {result.complete_trials} trials ({result.new_trials} new, {result.trials_per_minute:.1f}/min), "
                f"{len(result.pareto)} on the feasible Pareto front; export with: anyshape export --study {result.study}"
                + (f" --storage {storage}" if storage else ""))
+
+
+@app.command("verify")
+def verify_command(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="An exported subnet config."),
+    device: str = typer.Option(..., "--device", help="This machine's device slug (verify runs on the device)."),
+    runtime: str = typer.Option(..., "--runtime", help="torch | onnxruntime"),
+    out: Path | None = typer.Option(None, "--out", help="Keep the extracted checkpoint here (default: a temporary folder)."),
+    storage: str | None = typer.Option(None, "--storage", help="Study storage URL (default: the study's SQLite file)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Extract a config, measure its real accuracy and latency here, and record them beside the prediction."""
+    from nas.verify import verify
+
+    result = verify(config, device, runtime, out=out, storage=storage)
+    if as_json:
+        print_json({k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()} | {"latency_error": result.latency_error})
+        return
+    predicted = f"{result.predicted_latency_ms:.4g} ms predicted ({result.latency_source}), " if result.predicted_latency_ms else ""
+    error = f" ({result.latency_error:+.1%})" if result.latency_error is not None else ""
+    typer.echo(f"{result.config.name}: {result.metric} {result.measured_accuracy:.4g} measured"
+               + (f" (search: {result.predicted_accuracy:.4g})" if result.predicted_accuracy is not None else "")
+               + f"; latency {predicted}{result.measured_latency_ms:.4g} ms measured{error} for {result.workload}")

@@ -1,0 +1,203 @@
+"""``anyshape verify``: measure what the search predicted, and write it back beside the prediction.
+
+For one exported subnet config: extract the checkpoint, score it on the supernet's held-out
+data (the accuracy metric the search used, now of the real extracted model), and measure its
+latency for the config's workload with the profilers' protocol on this device (the same
+runtime and the same whole-model measurement that the latency tables hold). The measured
+numbers are written into the config (atomically) and, when the study is reachable, into the
+study attribute ``verified`` under the trial's number (finished trials are read-only in Optuna).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nas.config import SubnetConfig
+from nas.errors import AnyshapeError
+from nas.workload import Workload
+
+
+@dataclass
+class VerifyResult:
+    config: Path
+    shape: dict[str, Any]
+    workload: str
+    metric: str
+    predicted_accuracy: float | None
+    measured_accuracy: float
+    predicted_latency_ms: float | None
+    measured_latency_ms: float
+    measured_latency_ms_p10: float
+    measured_latency_ms_p90: float
+    latency_source: str | None
+    study_updated: bool
+    seconds: float
+    checkpoint: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def latency_error(self) -> float | None:
+        if not self.predicted_latency_ms:
+            return None
+        return self.predicted_latency_ms / self.measured_latency_ms - 1.0
+
+
+def verify(
+    config_path: str | Path,
+    device: str,
+    runtime: str,
+    *,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    studies_dir: str | Path = "studies",
+    protocol: Any = None,
+) -> VerifyResult:
+    """Extract, measure accuracy and latency on this device, and record them beside the prediction."""
+    import torch
+
+    from nas.modeling import load_model
+    from nas.supernet.calibration import CalibrationConfig, prepare_data
+    from nas.supernet.cut import extract_from_supernet, load_supernet_for
+    from nas.supernet.evaluate import SubnetEvaluator
+    from profilers.devices import check_device_name
+
+    start = time.perf_counter()
+    config_path = Path(config_path)
+    config = SubnetConfig.load(config_path)
+    if config.supernet is None:
+        raise AnyshapeError(f"{config_path} names no supernet; verify needs the supernet's held-out data (export configs name one)")
+    kind = check_device_name(device)
+    key, workload, predicted_latency, source = _latency_entry(config, device, runtime)
+    supernet, source_model, _ = load_supernet_for(config.supernet.path, sha256=config.supernet.sha256)
+    shape = supernet.resolve_shape(config.shape)
+
+    with tempfile.TemporaryDirectory(prefix="anyshape-verify-") as scratch:
+        target = Path(out) if out is not None else Path(scratch) / "checkpoint"
+        extract_from_supernet(config.supernet.path, shape, target, config=config, overwrite=out is not None)
+        base, family = load_model(source_model)
+        calibration = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
+        data = prepare_data(source_model.path, family, calibration, int(source_model.config_dict().get("vocab_size") or 1 << 62))
+        with torch.no_grad():
+            evaluator = SubnetEvaluator(base, family, supernet.space, data.heldout)
+            extracted, _ = load_model(str(target))
+            metric, measured_accuracy = _score_extracted(evaluator, extracted, family.kind)
+        del base, extracted
+        measurement = _measure_latency(source_model, family, shape, workload, runtime, kind, protocol)
+
+    objectives = _deep_copy(config.objectives)
+    accuracy = objectives.setdefault("accuracy", {})
+    predicted_accuracy = accuracy.get("value")
+    accuracy["measured"] = round(measured_accuracy, 6)
+    accuracy.setdefault("metric", metric)
+    entry = objectives.setdefault("latency", {}).setdefault(key, {})
+    entry.update(
+        measured_ms=round(measurement.latency_ms_p50, 4),
+        measured_ms_p10=round(measurement.latency_ms_p10, 4),
+        measured_ms_p90=round(measurement.latency_ms_p90, 4),
+        measured_repeats=measurement.repeats,
+        measured_noisy=bool(measurement.noisy),
+        measured_on=time.strftime("%Y-%m-%d"),
+    )
+    updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)
+    updated.save(config_path)
+    study_updated = _write_to_study(objectives, storage, Path(studies_dir), measured_accuracy, measurement.latency_ms_p50)
+    return VerifyResult(
+        config=config_path,
+        shape=shape.to_dict(),
+        workload=workload.name,
+        metric=metric,
+        predicted_accuracy=predicted_accuracy,
+        measured_accuracy=measured_accuracy,
+        predicted_latency_ms=predicted_latency,
+        measured_latency_ms=measurement.latency_ms_p50,
+        measured_latency_ms_p10=measurement.latency_ms_p10,
+        measured_latency_ms_p90=measurement.latency_ms_p90,
+        latency_source=source,
+        study_updated=study_updated,
+        seconds=time.perf_counter() - start,
+        checkpoint=Path(out).absolute() if out is not None else None,
+    )
+
+
+def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str, Workload, float | None, str | None]:
+    """The config's prediction for this device and runtime (and its workload)."""
+    latency = dict(config.objectives.get("latency") or {})
+    for key, entry in latency.items():
+        parts = str(key).split("/")
+        if len(parts) == 3 and parts[0] == device and parts[1] == runtime:
+            return key, Workload.parse(parts[2]), (entry or {}).get("predicted_ms"), (entry or {}).get("source")
+    known = ", ".join(latency) or "none"
+    if latency:
+        raise AnyshapeError(f"the config has no prediction for {device}/{runtime} (it has: {known}); verify on the device it was searched for")
+    workload = Workload()
+    return f"{device}/{runtime}/{workload.name}", workload, None, None
+
+
+def _score_extracted(evaluator: Any, model: Any, kind: str) -> tuple[str, float]:
+    """The search's accuracy metric for an extracted model, on the evaluator's batches and references."""
+    from nas.supernet.evaluate import run
+
+    totals, counts = 0.0, 0.0
+    for b, batch in enumerate(evaluator.batches):
+        total, count, _ = evaluator._batch_loss(b, batch, run(model, evaluator.family, batch))
+        totals += total
+        counts += count
+    loss = totals / counts
+    if kind == "decoder":
+        return "perplexity", math.exp(min(loss, 50.0))
+    return "cosine", 1.0 - loss
+
+
+def _measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any) -> Any:
+    from profilers.blocks import ModelSpec
+    from profilers.protocol import ProtocolConfig
+    from profilers.run import make_profiler
+    from profilers.workload import BlockPoint
+
+    protocol = protocol or ProtocolConfig()
+    profiler = make_profiler(runtime, kind, protocol)  # type: ignore[arg-type]
+    profiler.check_available()
+    spec = ModelSpec(Path(str(source.path)).name, family, source.config_dict())
+    phase = workload.phase
+    point = BlockPoint(
+        "whole-model", phase, workload.batch, workload.seq_len if phase == "prefill" else 1,
+        0 if phase == "prefill" else workload.seq_len, len(shape.layers), shape.heads, shape.kv_heads, shape.ffn,
+    )  # fmt: skip
+    profiler.setup()
+    try:
+        return profiler.measure(spec, point)
+    finally:
+        profiler.teardown()
+
+
+def _write_to_study(objectives: dict[str, Any], storage: str | None, studies_dir: Path, accuracy: float, latency_ms: float) -> bool:
+    info = objectives.get("study") or {}
+    name, number = info.get("name"), info.get("trial")
+    if name is None or number is None:
+        return False
+    url = storage or f"sqlite:///{(studies_dir / name / 'study.db').absolute()}"
+    try:
+        from nas.search.export import load_study
+
+        study = load_study(url, name)
+    except AnyshapeError:
+        return False
+    if not any(t.number == number for t in study.get_trials(deepcopy=False)):
+        return False
+    # finished trials are read-only in Optuna: measurements go to the study attribute "verified",
+    # keyed by trial number, which optuna-dashboard shows beside the trials
+    verified = dict(study.user_attrs.get("verified") or {})
+    verified[str(number)] = {"measured_latency_ms": latency_ms, "measured_accuracy": accuracy, "date": time.strftime("%Y-%m-%d")}
+    study.set_user_attr("verified", verified)
+    return True
+
+
+def _deep_copy(data: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(dict(data))
