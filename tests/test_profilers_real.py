@@ -10,18 +10,24 @@ import pytest
 from nas.errors import AnyshapeError
 from nas.families import family_for
 from profilers.blocks import ModelSpec
-from profilers.environment import cpu_slug, l3_cache_bytes, measure_bandwidth
+from profilers.environment import best_bandwidth, cpu_slug, l3_cache_bytes
 from profilers.protocol import ProtocolConfig
 from profilers.workload import BlockPoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ROOT / "latency_tables"
 
-#: A decoder whose decode-step MLP streams 100 MB of fp32 weights: far more than any L3 cache.
+#: A decoder whose decode-step MLP streams 400 MB of fp32 weights: far more than any L3 cache.
 WIDE = {
-    "model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 8,
-    "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 64, "max_position_embeddings": 512,
+    "model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 1, "num_attention_heads": 16,
+    "num_key_value_heads": 16, "intermediate_size": 16384, "vocab_size": 64, "max_position_embeddings": 512,
 }
+#: Rows must stream at least this many times the L3 cache to be held to the DRAM bound (a policy
+#: that keeps part of a cyclic working set in L3 lets a 2-3x-L3 block beat DRAM bandwidth).
+CACHE_MULTIPLE = 8
+#: A table measured under load recorded its bandwidth under load too, which underestimates the
+#: machine (one measured point may have run in a quiet moment); it gets this much slack.
+UNDER_LOAD_SLACK = 0.85
 
 
 @pytest.mark.parametrize(
@@ -74,18 +80,22 @@ def test_decode_never_beats_the_memory_bandwidth_bound() -> None:
     from profilers.torch_profiler import TorchProfiler
 
     spec = ModelSpec("wide", family_for(WIDE), WIDE)
-    point = BlockPoint("mlp", "decode", 1, 1, 128, 1, 0, 0, 8192)
+    point = BlockPoint("mlp", "decode", 1, 1, 128, 1, 0, 0, 16384)
     weights = block_cost(ModelDims.from_config(spec.family, spec.config), point).weight_bytes
-    assert weights >= 3 * l3_cache_bytes()
-    bandwidth = measure_bandwidth(buffer_mib=512)
-    profiler = TorchProfiler(ProtocolConfig(warmup=3, repeats=10, min_repeats=5, max_point_seconds=3.0))
+    assert weights >= CACHE_MULTIPLE * l3_cache_bytes()
+    profiler = TorchProfiler(ProtocolConfig(warmup=2, repeats=8, min_repeats=5, max_point_seconds=2.0))
+    # interleave bandwidth and decode measurements so that both see the same load; keep each's best
+    bandwidth, fastest_ms = None, float("inf")
     profiler.setup()
     try:
-        m = profiler.measure(spec, point)
+        for _ in range(3):
+            bw = best_bandwidth(buffer_mib=1024, passes=5)
+            bandwidth = bw if bandwidth is None else bandwidth.best(bw)
+            fastest_ms = min(fastest_ms, profiler.measure(spec, point).latency_ms_p10)
     finally:
         profiler.teardown()
-    bound_ms = weights / (bandwidth.bound_gb_s * 1e6)
-    assert m.latency_ms_p10 >= bound_ms, (m, bandwidth)
+    assert bandwidth is not None
+    assert fastest_ms >= weights / (bandwidth.bound_gb_s * 1e6), (fastest_ms, bandwidth)
 
 
 def measured_tables() -> list[Path]:
@@ -99,9 +109,10 @@ def test_committed_measured_tables_respect_the_bandwidth_bound(path: Path) -> No
     table = load_table(path, device=cpu_slug(), check_software=False)
     assert table.source == "measured"
     bound = table.meta["memory_bandwidth"]["bound_gb_s"]
-    big = [r for r in table.rows if r["phase"] == "decode" and r["weight_bytes"] >= 3 * l3_cache_bytes()]
+    slack = UNDER_LOAD_SLACK if table.meta["load"]["under_load"] else 1.0
+    big = [r for r in table.rows if r["phase"] == "decode" and r["weight_bytes"] >= CACHE_MULTIPLE * l3_cache_bytes()]
     for row in big:
-        assert row["latency_ms_p10"] >= row["weight_bytes"] / (bound * 1e6), row
+        assert row["latency_ms_p10"] >= slack * row["weight_bytes"] / (bound * 1e6), row
 
 
 def test_committed_estimates_are_marked() -> None:
