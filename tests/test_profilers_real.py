@@ -89,7 +89,7 @@ def test_decode_never_beats_the_memory_bandwidth_bound() -> None:
     profiler.setup()
     try:
         for _ in range(3):
-            bw = best_bandwidth(buffer_mib=1024, passes=5)
+            bw = best_bandwidth(buffer_mib=512, passes=5)
             bandwidth = bw if bandwidth is None else bandwidth.best(bw)
             fastest_ms = min(fastest_ms, profiler.measure(spec, point).latency_ms_p10)
     finally:
@@ -124,3 +124,24 @@ def test_committed_estimates_are_marked() -> None:
     for t in tables:
         expected = "measured" if t["device"].startswith("cpu-") else "roofline-estimate"
         assert t["source"] == expected, t
+
+
+def test_bandwidth_round_trips_and_best_is_fieldwise() -> None:
+    from profilers.environment import Bandwidth
+
+    a = Bandwidth(copy_gb_s=10.0, read_gb_s=12.0, gemv_gb_s=9.0, buffer_mib=512, threads=1, passes=5)
+    b = Bandwidth(copy_gb_s=11.0, read_gb_s=8.0, gemv_gb_s=9.5, buffer_mib=512, threads=2, passes=5)
+    best = a.best(b)
+    assert (best.copy_gb_s, best.read_gb_s, best.gemv_gb_s, best.bound_gb_s) == (11.0, 12.0, 9.5, 12.0)
+    assert Bandwidth.from_dict(best.to_dict()) == best
+
+
+def test_device_specs_are_cited_and_validated() -> None:
+    from profilers.devices import DEVICES, DeviceSpec
+
+    assert {"a5000", "h100", "jetson-agx-orin-64gb", "jetson-orin-nano-8gb"} <= set(DEVICES)
+    assert DEVICES["a5000"].memory_bandwidth_gb_s == 768 and DEVICES["jetson-agx-orin-64gb"].memory_bandwidth_gb_s == 204.8
+    assert DEVICES["jetson-orin-nano-8gb"].memory_bandwidth_gb_s == 68 and DEVICES["jetson-orin-nano-8gb-super"].memory_bandwidth_gb_s == 102
+    assert all(d.sources and all(s.startswith("https://") for s in d.sources) for d in DEVICES.values())
+    with pytest.raises(AnyshapeError, match="memory_bandwidth_gb_s"):
+        DeviceSpec("x", "x", "cuda", 0.0, 1.0, 1.0, ("https://example.com",))
