@@ -1,91 +1,183 @@
-"""``anyshape quickstart``: the end-to-end run on the embedded default model (MiniLM).
+"""``anyshape quickstart``: the whole pipeline on the embedded default model (MiniLM), on this CPU.
 
-Until the search stage lands, this runs what exists end to end: inspect MiniLM, extract a
-half-depth, half-FFN subnet with ONNX, and compare it with the full model on real sentences
-(embedding agreement and CPU latency). It writes under ``studies/quickstart/`` and can be
-run again (each run replaces the previous one).
+    1. supernet   calibrate MiniLM once (reused while the base weights and settings match)
+    2. table      the committed CPU table for this machine, or a quick profile when none fits
+    3. predictor  fit on the table (or load the saved one)
+    4. search     NSGA-II over depth x FFN width, under a latency budget
+    5. export     the feasible Pareto front as subnet configs, CSV and plot
+    6. verify     extract the most accurate shape under the budget, measure it here
+
+Everything is written under ``studies/quickstart/``; a new run replaces the previous study.
 """
 
 from __future__ import annotations
 
-import statistics
+import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from nas.errors import AnyshapeError
+from nas.workload import Workload
 
-from nas.extract import ExtractResult, extract
-from nas.inspect import inspect_model
-from nas.shape import Shape
-
-SENTENCES = [
-    "A deployment engineer picks one model shape per device.",
-    "The supernet holds every depth and width of the base model at once.",
-    "Latency lookup tables are measured on the target hardware.",
-    "Optuna searches the trade-off between accuracy and latency.",
-    "The Pareto front is exported as ready-to-extract configs.",
-    "Each config becomes a standalone Hugging Face checkpoint.",
-    "Smaller subnets run faster but agree less with the full model.",
-    "Nothing here needs a network connection or a GPU.",
-]
+#: Quick-profile grid when no committed table fits this machine: every FFN step, many whole models.
+QUICK_GRID = {"ffn_steps": 8, "whole_model_samples": 40}
 
 
 @dataclass
 class QuickstartResult:
-    model: dict[str, Any]
-    extraction: ExtractResult
-    cosine_mean: float
-    cosine_min: float
-    full_latency_ms_p50: float
-    subnet_latency_ms_p50: float
+    out: Path
+    device: str
+    runtime: str
+    workload: str
+    budget_ms: float
+    supernet: Path
+    table: str
+    table_source: str
+    predictor: str
+    trials: int
+    pareto_configs: int
+    best_config: Path
+    best_shape: dict[str, Any]
+    metric: str
+    best_accuracy: float
+    predicted_latency_ms: float
+    measured_latency_ms: float
+    full_latency_ms: float
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
-        return self.full_latency_ms_p50 / self.subnet_latency_ms_p50
+        return self.full_latency_ms / self.measured_latency_ms
 
 
-def run_quickstart(out_dir: str | Path = "studies/quickstart", *, model: str = "minilm", repeats: int = 20) -> QuickstartResult:
-    from transformers import AutoTokenizer
+def run_quickstart(
+    out: str | Path = "studies/quickstart",
+    *,
+    model: str = "minilm",
+    runtime: str = "torch",
+    trials: int = 60,
+    budget_fraction: float = 0.5,
+    tables: str | Path = "latency_tables",
+    seed: int = 0,
+    say: Callable[[str], None] = lambda message: None,
+) -> QuickstartResult:
+    """Run the pipeline end to end; ``say`` receives one line per stage."""
+    from nas.predictor.api import predictor_for
+    from nas.search.export import export_study, load_study, pareto_trials
+    from nas.search.run import SearchConfig, run_search
+    from nas.supernet.artifact import Supernet
+    from nas.verify import _measure_latency, verify
+    from profilers.environment import cpu_slug
 
+    if not 0 < budget_fraction <= 1:
+        raise AnyshapeError(f"budget fraction is {budget_fraction}; allowed range (0, 1]")
+    out = Path(out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    device = cpu_slug()
+    workload = Workload()
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    supernet_dir = _supernet(model, out / "supernet", say)
+    supernet = Supernet.load(supernet_dir)
+    seconds["supernet"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tables_root, table_name = _table(model, device, runtime, Path(tables), out, say)
+    predictor, _ = predictor_for(device, runtime, model, tables_root=tables_root, table=table_name, allow_lut_only=True)
+    say(f"predictor: {predictor.chosen} on {predictor.label}")
+    seconds["table_and_predictor"] = time.perf_counter() - t
+
+    full = supernet.space.full_shape()
+    budget_ms = round(float(predictor.predict([full], workload)[0]) * budget_fraction, 3)
+    study_dir = out / "study"
+    shutil.rmtree(study_dir, ignore_errors=True)
+    config = SearchConfig(
+        study="quickstart",
+        trials=trials,
+        factory="nas.search.factory:supernet_problem",
+        factory_args={"supernet": str(supernet_dir), "tables": str(tables_root), "table": table_name},
+        device=device,
+        runtime=runtime,
+        workload=workload,
+        storage=f"sqlite:///{study_dir / 'study.db'}",
+        seed=seed,
+        latency_budget_ms=budget_ms,
+    )
+    say(f"search: {trials} trials, NSGA-II, latency budget {budget_ms:g} ms ({budget_fraction:.0%} of the full model's prediction)")
+    t = time.perf_counter()
+    run_search(config, progress=True)
+    seconds["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    export = export_study(config.storage_url, "quickstart", out / "pareto")
+    study = load_study(config.storage_url, "quickstart")
+    front = pareto_trials(study)
+    maximize = study.directions[0].name == "MAXIMIZE"
+    best = max(front, key=lambda tr: tr.values[0] if maximize else -tr.values[0])
+    best_config = next(p for p in export.configs if p.name.endswith(f"-t{best.number}.yaml"))
+    say(f"export: {len(export.configs)} Pareto configs; best under the budget: trial {best.number} {best.user_attrs['shape']}")
+    seconds["export"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    checkpoint = out / "best"
+    result = verify(best_config, device, runtime, out=checkpoint, storage=config.storage_url)
+    from nas.hub import resolve_model
     from nas.modeling import load_model
 
-    out_dir = Path(out_dir)
-    info = inspect_model(model)
-    shape = Shape(layers=tuple(range(0, info["layers"], 2)), ffn=info["ffn_size"] // 2)
-    extraction = extract(model, shape, out_dir / "subnet", onnx=True, overwrite=True)
-
-    tokenizer = AutoTokenizer.from_pretrained(info["path"])
-    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    full, _ = load_model(model)
-    sub, _ = load_model(str(extraction.out))
-    full_emb = _mean_pooled(full, batch)
-    sub_emb = _mean_pooled(sub, batch)
-    cosine = torch.nn.functional.cosine_similarity(full_emb, sub_emb, dim=-1)
+    source = resolve_model(model)
+    _, family = load_model(source)
+    full_measured = _measure_latency(source, family, full, workload, runtime, "cpu", None)
+    seconds["verify"] = time.perf_counter() - t
     return QuickstartResult(
-        model=info,
-        extraction=extraction,
-        cosine_mean=float(cosine.mean()),
-        cosine_min=float(cosine.min()),
-        full_latency_ms_p50=_latency_ms_p50(full, batch, repeats),
-        subnet_latency_ms_p50=_latency_ms_p50(sub, batch, repeats),
-    )
+        out=out, device=device, runtime=runtime, workload=workload.name, budget_ms=budget_ms, supernet=supernet_dir,
+        table=predictor.label, table_source=predictor.source, predictor=predictor.chosen, trials=trials,
+        pareto_configs=len(export.configs), best_config=best_config, best_shape=result.shape, metric=result.metric,
+        best_accuracy=result.measured_accuracy, predicted_latency_ms=float(best.values[1]),
+        measured_latency_ms=result.measured_latency_ms, full_latency_ms=full_measured.latency_ms_p50, seconds=seconds,
+    )  # fmt: skip
 
 
-def _mean_pooled(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state  # (B, T, H)
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * mask).sum(1) / mask.sum(1)
+def _supernet(model: str, path: Path, say: Callable[[str], None]) -> Path:
+    """Reuse ``path`` when it is a supernet of these base weights, else build it."""
+    from nas.hub import resolve_model, weights_sha256
+    from nas.supernet.artifact import Supernet
+    from nas.supernet.build import build_supernet
+
+    if (path / "supernet.json").is_file():
+        try:
+            if Supernet.load(path).base_sha256 == weights_sha256(resolve_model(model).path):
+                say(f"supernet: reusing {path}")
+                return path
+        except AnyshapeError:
+            pass
+    say(f"supernet: calibrating {model} (depth DP and width orders)")
+    build_supernet(model, path, overwrite=True, progress=True)
+    return path
 
 
-def _latency_ms_p50(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int) -> float:
-    times = []
-    with torch.no_grad():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            model(**batch)
-            if i >= 3:  # warm-up
-                times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _table(model: str, device: str, runtime: str, tables: Path, out: Path, say: Callable[[str], None]) -> tuple[Path, str]:
+    """The committed table for this machine if it loads; else a quick profile under ``out``."""
+    from profilers.run import profile, resolve_model_spec
+    from profilers.tables import load_table
+    from profilers.workload import GridConfig
+
+    name = resolve_model_spec(model).name
+    committed = tables / device / runtime / f"{name}.csv"
+    if committed.is_file():
+        try:
+            load_table(committed, device=device, runtime=runtime)
+            say(f"latency table: {committed}")
+            return tables, name
+        except AnyshapeError as e:
+            say(f"latency table: {committed} does not fit this machine ({e}); profiling quickly")
+    else:
+        say(f"latency table: none committed for {device}/{runtime}; profiling {model} quickly")
+    local = out / "latency_tables"
+    if not (local / device / runtime / f"{name}.csv").is_file():
+        grid = GridConfig(phases=("prefill",), ffn_steps=QUICK_GRID["ffn_steps"], whole_model_samples=QUICK_GRID["whole_model_samples"])
+        profile(model, device, runtime, local, grid=grid, progress=True)
+    return local, name

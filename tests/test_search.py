@@ -58,7 +58,7 @@ def test_exported_configs_are_feasible_and_non_dominated(tmp_path):
         assert latency <= 3.0
         assert not any(dominates((t.values[0], t.values[1]), point) for t in feasible)
         assert sub.supernet is not None and sub.base_model.source == "fake-model"
-        shapes.add(tuple(sub.shape.layers or ()) + (sub.shape.heads, sub.shape.kv_heads, sub.shape.ffn))
+        shapes.add((*(sub.shape.layers or ()), sub.shape.heads, sub.shape.kv_heads, sub.shape.ffn))
     assert len(shapes) == len(exported.configs)  # one config per shape
     assert exported.csv.read_text().count("\n") == len(exported.configs) + 1
     assert all(p.stat().st_size > 1000 for p in exported.plots)
@@ -126,7 +126,7 @@ def test_bad_storage_urls(tmp_path, storage, message):
 def test_unknown_study_lists_known_ones(tmp_path):
     cfg = config(tmp_path, trials=2)
     run_search(cfg, progress=False)
-    with pytest.raises(AnyshapeError, match="no study 'nope'.*studies there: s"):
+    with pytest.raises(AnyshapeError, match=r"no study 'nope'.*studies there: s"):
         export_study(cfg.storage_url, "nope", tmp_path / "o")
 
 

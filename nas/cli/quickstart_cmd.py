@@ -1,4 +1,4 @@
-"""``anyshape quickstart``."""
+"""``anyshape quickstart``: the whole pipeline on the embedded default model."""
 
 from __future__ import annotations
 
@@ -11,31 +11,37 @@ from nas.cli._app import app
 
 @app.command("quickstart")
 def quickstart_command(
-    out: Path = typer.Option(Path("studies/quickstart"), "--out", help="Where to write (replaced on each run)."),
+    out: Path = typer.Option(Path("studies/quickstart"), "--out", help="Where to write (the study is replaced on each run)."),
     model: str = typer.Option("minilm", "--model", help="Base model (default: the builtin MiniLM)."),
+    trials: int = typer.Option(60, "--trials", help="Search trials."),
+    budget: float = typer.Option(0.5, "--budget", help="Latency budget as a fraction of the full model's predicted latency."),
 ) -> None:
-    """Run the pipeline end to end on the embedded default model."""
+    """Supernet, latency table, predictor, search, export, extract and verify: end to end on this CPU."""
     from rich.console import Console
     from rich.table import Table
 
     from nas.quickstart import run_quickstart
 
-    console = Console()
-    with console.status(f"extracting a subnet of {model} and comparing it with the full model ..."):
-        result = run_quickstart(out, model=model)
-    ext = result.extraction
-    table = Table(title=f"anyshape quickstart: {model} on this CPU")
-    for column in ("", "layers", "ffn", "parameters", "cosine to full", "latency ms (p50, b=8)"):
+    console = Console(stderr=True)
+    result = run_quickstart(out, model=model, trials=trials, budget_fraction=budget, say=lambda line: console.print(f"[bold]>[/bold] {line}"))
+    table = Table(title=f"anyshape quickstart: {model} on {result.device} ({result.runtime}, {result.workload})")
+    for column in ("", "shape", result.metric, "predicted ms", "measured ms", "speed-up"):
         table.add_column(column)
-    info = result.model
-    table.add_row("full", str(info["layers"]), str(info["ffn_size"]), f"{info['parameters']:,}", "1.0000", f"{result.full_latency_ms_p50:.1f}")
+    table.add_row("full model", "all layers, full width", "1.0000" if result.metric == "cosine" else "-", "-", f"{result.full_latency_ms:.2f}", "1.00x")
+    shape = result.best_shape
     table.add_row(
-        "subnet",
-        str(list(ext.shape.layers or ())),
-        str(ext.shape.ffn),
-        f"{ext.num_parameters:,}",
-        f"{result.cosine_mean:.4f} (min {result.cosine_min:.4f})",
-        f"{result.subnet_latency_ms_p50:.1f} ({result.speedup:.2f}x faster)",
+        "best under budget",
+        f"layers {shape['layers']}, heads {shape['heads']}, ffn {shape['ffn']}",
+        f"{result.best_accuracy:.4f}",
+        f"{result.predicted_latency_ms:.2f}",
+        f"{result.measured_latency_ms:.2f}",
+        f"{result.speedup:.2f}x",
     )
-    console.print(table)
-    console.print(f"subnet checkpoint: {ext.out}  (extracted in {ext.seconds:.1f} s; ONNX max diff {ext.onnx['max_abs_diff_vs_torch']:.1e})" if ext.onnx else f"subnet checkpoint: {ext.out}")
+    Console().print(table)
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    Console().print(
+        f"budget {result.budget_ms:g} ms predicted; latency table {result.table}; predictor {result.predictor}\n"
+        f"{result.pareto_configs} Pareto configs in {result.out / 'pareto'}; checkpoint of the best in {result.out / 'best'}\n"
+        f"time: {timing}\n"
+        f"open the study: optuna-dashboard sqlite:///{result.out / 'study' / 'study.db'}"
+    )

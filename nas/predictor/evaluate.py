@@ -16,7 +16,7 @@ from nas.errors import AnyshapeError
 from nas.predictor.model import LatencyPredictor, _by_workload, row_shape, split_rows, table_bandwidth_gb_s
 
 
-def metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+def metrics(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray) -> dict[str, float]:
     """RMSE (ms), MAPE, share within 5 % and 10 %, and Kendall's tau of the ranking."""
     from scipy.stats import kendalltau
 
@@ -50,7 +50,7 @@ def evaluate_predictor(predictor: LatencyPredictor) -> dict[str, Any]:
         shapes = [row_shape(r) for r in rows]
         measured = [r["latency_ms_p50"] for r in rows]
         assert predictor._lut is not None
-        entry = {
+        entry: dict[str, Any] = {
             "learned": metrics(predictor.predict(shapes, workload), measured),
             "lut_sum": metrics([predictor._lut.total_ms(s, workload) for s in shapes], measured),
         }

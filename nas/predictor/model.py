@@ -353,7 +353,8 @@ def row_shape_key(row: dict[str, Any]) -> str:
 
 def split_rows(rows: Sequence[dict[str, Any]], holdout_fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A seeded split by shape key (stable under row order): fitting rows, held-out rows."""
-    fit, held = [], []
+    fit: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
     for row in rows:
         digest = hashlib.sha256(f"{seed}|{row_shape_key(row)}".encode()).digest()
         (held if int.from_bytes(digest[:8], "big") / 2**64 < holdout_fraction else fit).append(row)

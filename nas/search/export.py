@@ -40,7 +40,6 @@ def pareto_trials(study: Any) -> list[Any]:
 
 def load_study(storage: str, name: str) -> Any:
     import optuna
-
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
+
 from nas.errors import AnyshapeError
 from nas.shape import Shape, ShapeSpace
 from nas.workload import Workload
@@ -30,9 +32,11 @@ class AccuracyEvaluator(Protocol):
 class LatencyPredictor(Protocol):
     """Predicts end-to-end latency (ms) of resolved shapes for one workload, in one batch call."""
 
-    source: str  # "measured" | "roofline-estimate" (of the table it was fit on)
+    @property
+    def source(self) -> str:  # "measured" | "roofline-estimate" (of the table it was fit on)
+        ...
 
-    def predict(self, shapes: Sequence[Shape], workload: Workload) -> Sequence[float]: ...
+    def predict(self, shapes: Sequence[Shape], workload: Workload) -> Sequence[float] | np.ndarray: ...
 
 
 @dataclass(frozen=True)

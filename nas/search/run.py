@@ -14,12 +14,13 @@ still missing are split between them, so a study ends with exactly ``trials`` co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import multiprocessing
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -167,7 +168,7 @@ def open_study(config: SearchConfig, problem: SearchProblem, *, worker: int = 0)
 
     storage = make_storage(config.storage_url)
     sampler = make_sampler(config, worker)
-    dirs = directions(config, problem.accuracy.direction)
+    dirs: Any = directions(config, problem.accuracy.direction)
     study = optuna.create_study(study_name=config.study, storage=storage, directions=dirs, sampler=sampler, load_if_exists=True)
     stored = study.user_attrs.get("search_config")
     mine = config.to_dict()
@@ -359,13 +360,11 @@ def _progress(total: int, done: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=done, desc="search", unit="trial", disable=not enabled, dynamic_ncols=True)
 
 
-class _quiet_experimental:
-    def __enter__(self) -> None:
-        import warnings
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    """Optuna marks heartbeats and metric names experimental; the warnings are noise for our users."""
+    import warnings
 
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
+        yield

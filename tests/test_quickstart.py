@@ -1,0 +1,24 @@
+"""The README's first command, end to end on MiniLM (slow: it calibrates a supernet)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nas.quickstart import run_quickstart
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    lines: list[str] = []
+    result = run_quickstart(tmp_path / "qs", trials=6, say=lines.append)
+    assert result.pareto_configs >= 1 and result.best_config.is_file()
+    assert (tmp_path / "qs" / "best" / "model.safetensors").is_file()
+    config = yaml.safe_load(result.best_config.read_text())
+    latency = next(iter(config["objectives"]["latency"].values()))
+    assert latency["measured_ms"] > 0 and latency["predicted_ms"] <= result.budget_ms
+    assert 0 < config["objectives"]["accuracy"]["measured"] <= 1.0
+    assert any(line.startswith("search:") for line in lines)
+    # a second run reuses the supernet and replaces the study
+    again = run_quickstart(tmp_path / "qs", trials=4, say=lines.append)
+    assert again.trials == 4 and any("reusing" in line for line in lines)
