@@ -63,7 +63,7 @@ def main() -> None:
     supernet_dir = root / f"supernet-{args.model}"
     if not (supernet_dir / "supernet.json").is_file():
         build_supernet(args.model, supernet_dir, overwrite=True)
-    supernet = Supernet.load(supernet_dir)
+    Supernet.load(supernet_dir)  # validates a cached supernet before the search uses it
     device = cpu_slug()
     work = root / f"search-{args.model}"
     shutil.rmtree(work, ignore_errors=True)
