@@ -16,6 +16,7 @@ from nas.cli import (  # noqa: F401  (commands register on import)
     predictor_cmd,
     quickstart_cmd,
     search_cmd,
+    serve_cmd,
     supernet_cmd,
 )
 from nas.cli import profile_cmd  # noqa: F401  (anyshape profile, anyshape tables)
