@@ -56,7 +56,8 @@ class StudyEntry:
 
 
 class Cached(Generic[T]):
-    """A value rebuilt by ``build`` when older than ``ttl_s``; one rebuild at a time, readers never wait on a stale one."""
+    """A value rebuilt by ``build`` when older than ``ttl_s``; one rebuild at a time, during which
+    other readers get the previous snapshot (they wait only for the first one)."""
 
     def __init__(self, build: Callable[[], T], ttl_s: float):
         self._build = build
@@ -68,13 +69,19 @@ class Cached(Generic[T]):
         current = self._value
         if current is not None and time.monotonic() - current[0] < self._ttl_s:
             return current[1]
-        with self._lock:
+        if current is not None and not self._lock.acquire(blocking=False):
+            return current[1]  # another request is rebuilding: answer from the previous snapshot meanwhile
+        if current is None:
+            self._lock.acquire()
+        try:
             current = self._value
             if current is not None and time.monotonic() - current[0] < self._ttl_s:
                 return current[1]
             value = self._build()
             self._value = (time.monotonic(), value)
             return value
+        finally:
+            self._lock.release()
 
     def clear(self) -> None:
         with self._lock:
