@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nas.errors import AnyshapeError
+from nas.families import family_for
 from nas.predictor import evaluate_predictor, fit_predictor, load_predictor
 from nas.shape import Shape
 from nas.workload import Workload
@@ -17,8 +18,6 @@ from profilers.protocol import ProtocolConfig
 from profilers.run import profile
 from profilers.testing import TINY_LLAMA
 from profilers.workload import GridConfig
-
-from nas.families import family_for
 
 CONFIG = {**TINY_LLAMA, "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 256}
 PREFILL = Workload("prefill", 1, 16)
@@ -88,6 +87,11 @@ def test_save_load_round_trip_and_refit_on_version_change(fitted, table, tmp_pat
     assert np.allclose(refit.predict(shapes, PREFILL), predictor.predict(shapes, PREFILL))
     path.with_suffix(".joblib").write_bytes(b"garbage")
     assert "missing or changed" in (load_predictor(path).refit_reason or "")
+    saved = json.loads(path.read_text())
+    saved["recipe"]["table_sha256"] = "0" * 64  # as if the table had been re-measured since
+    path.write_text(json.dumps(saved))
+    assert "re-measured" in (load_predictor(path).refit_reason or "")
+    assert json.loads(path.read_text())["recipe"]["table_sha256"] != "0" * 64  # saved again with the new hash
 
 
 def test_flag_below_bandwidth_bound(fitted, table):

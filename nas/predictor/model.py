@@ -296,12 +296,17 @@ def load_predictor(path: str | Path) -> LatencyPredictor:
     from profilers.tables import load_table
 
     table_path = Path(recipe.table)
-    if not table_path.is_file() or _sha256(table_path) != recipe.table_sha256:
-        raise AnyshapeError(f"predictor {path} was fit on {recipe.table} (sha256 {recipe.table_sha256[:12]}...), which is missing or changed; fit it again")
+    if not table_path.is_file():
+        raise AnyshapeError(f"predictor {path} was fit on {recipe.table}, which is missing; fit it again on an existing table")
     table = load_table(table_path, check_software=False)
     reason = None
+    if _sha256(table_path) != recipe.table_sha256:  # the table was re-measured: the same recipe on the new rows
+        recipe = FitRecipe(**{**asdict(recipe), "table_sha256": _sha256(table_path)})
+        reason = "its table was re-measured since"
     blob = path.with_suffix(".joblib")
-    if saved.get("sklearn_version") != sklearn.__version__:
+    if reason is not None:
+        pass
+    elif saved.get("sklearn_version") != sklearn.__version__:
         reason = f"saved with scikit-learn {saved.get('sklearn_version')}, this is {sklearn.__version__}"
     elif not blob.is_file() or hashlib.sha256(blob.read_bytes()).hexdigest() != saved.get("model_sha256"):
         reason = "its model file is missing or changed"
