@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
 from nas.errors import AnyshapeError
-from nas.service.catalog import Cached, StudyEntry, load_devices, load_studies, storage_urls
+from nas.service.catalog import Cached, Storages, StudyEntry, load_devices, load_studies, storage_urls
 from nas.service.models import (
     AccuracyOut,
     ClosestOut,
@@ -105,13 +105,13 @@ class Service:
             heartbeat_s=settings.heartbeat_s, stale_after_s=settings.stale_after_s, max_attempts=settings.max_attempts,
             poll_s=min(1.0, settings.heartbeat_s),
         )
-        self.studies = Cached(lambda: load_studies(storage_urls(settings.studies_dir, settings.storages)), settings.cache_ttl_s)
+        self.storages = Storages()
+        self.studies = Cached(lambda: load_studies(storage_urls(settings.studies_dir, settings.storages), self.storages),
+                              settings.cache_ttl_s)
         self.devices = Cached(lambda: load_devices(settings.tables_root), max(settings.cache_ttl_s, 30.0))
         self.pool: WorkerPool | None = None
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
-        self._storages: dict[str, Any] = {}
-        self._storages_lock = threading.Lock()
 
     def start(self) -> None:
         for run_id, what in self.store.requeue_stale(self.settings.stale_after_s, self.settings.max_attempts):
@@ -154,8 +154,6 @@ class Service:
         import optuna
         from optuna.trial import TrialState
 
-        from nas.search.run import make_storage
-
         try:
             url = search_config(run.config, self.worker_settings).storage_url
             if url.startswith("sqlite:///"):
@@ -163,10 +161,7 @@ class Service:
 
                 if not Path(url[len("sqlite:///"):]).is_file():
                     return 0
-            with self._storages_lock:
-                if url not in self._storages:
-                    self._storages[url] = make_storage(url, heartbeat=False)
-                storage = self._storages[url]
+            storage = self.storages.get(url)
             study_id = storage.get_study_id_from_name(run.study)
             return len(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)))
         except KeyError:

@@ -97,17 +97,32 @@ def storage_urls(studies_dir: str | Path, extra: Sequence[str] = ()) -> list[str
     return urls
 
 
-def load_studies(urls: Sequence[str]) -> tuple[StudyEntry, ...]:
+class Storages:
+    """Opened study storages by URL (opening one costs about a second: schema and version checks)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, Any] = {}
+
+    def get(self, url: str) -> Any:
+        from nas.search.run import make_storage
+
+        with self._lock:
+            if url not in self._open:
+                self._open[url] = make_storage(url, heartbeat=False)
+            return self._open[url]
+
+
+def load_studies(urls: Sequence[str], storages: Storages | None = None) -> tuple[StudyEntry, ...]:
     """Every study in ``urls``; a name found in two storages is listed once, from the first (as configured)."""
     import optuna
 
-    from nas.search.run import make_storage
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storages = storages or Storages()
     seen: dict[str, StudyEntry] = {}
     for url in urls:
         try:
-            storage = make_storage(url, heartbeat=False)
+            storage = storages.get(url)
             summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
         except AnyshapeError:
             continue  # a storage that cannot be opened now is skipped; it is listed again once it can

@@ -40,7 +40,7 @@ class ServiceSettings:
     heartbeat_s: float = 5.0
     stale_after_s: float = 30.0  # a running run whose worker is silent this long is re-queued
     max_attempts: int = 3  # then it is marked failed
-    cache_ttl_s: float = 5.0  # how long a study / table index is reused before re-reading storage
+    cache_ttl_s: float = 10.0  # how long the study index is reused before re-reading the storages
     factories: tuple[str, ...] = DEFAULT_FACTORIES
 
     def __post_init__(self) -> None:
