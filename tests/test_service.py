@@ -299,8 +299,20 @@ def test_schemathesis_finds_no_server_error(studies, tmp_path):
 
 
 def fuzz(exe: Path, url: str) -> subprocess.CompletedProcess[str]:
-    cmd = [str(exe), "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "15",
-           "--seed", "1", "--workers", "2", "--max-time", "120", "--request-timeout", "30", "-H", f"Authorization: Bearer {TOKEN}",
+    cmd = [str(exe), "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "10",
+           "--seed", "1", "--workers", "1", "--max-time", "90", "--request-timeout", "30", "-H", f"Authorization: Bearer {TOKEN}",
            "--suppress-health-check", "all", "--no-shrink"]
+    # one worker: hypothesis describing its filters from several threads trips a CPython 3.11 ast bug
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
+
+
+@pytest.mark.slow
+def test_a_run_may_use_several_search_processes(url):
+    r = httpx.post(f"{url}/runs", json=run_body("multi", 10, workers=2), headers=auth())
+    assert r.status_code == 202, r.text
+    run_id = r.json()["id"]
+    done = wait_until(lambda: (lambda s: s if s["status"] in ("done", "failed") else None)(httpx.get(f"{url}/runs/{run_id}").json()),
+                      180, "the two-process run to finish")
+    assert done["status"] == "done", done["error"]
+    assert done["complete_trials"] == 10

@@ -358,7 +358,7 @@ class WorkerPool:
 
     def _spawn(self, i: int) -> Any:
         proc = self._ctx.Process(target=worker_main, args=(self.settings, self._stop, os.getpid()),
-                                 name=f"anyshape-worker-{i}", daemon=True)
+                                 name=f"anyshape-worker-{i}")  # not daemonic: a run may start its own search processes
         proc.start()
         return proc
 
