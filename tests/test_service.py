@@ -294,16 +294,16 @@ def test_schemathesis_finds_no_server_error(studies, tmp_path):
         pytest.skip("schemathesis is not installed (pip install -e .[dev])")
     # no workers: the runs schemathesis queues are never executed
     with server_thread(settings(studies, workers=0, db=f"sqlite:///{tmp_path / 'fuzz.db'}", max_active_runs=100_000)) as url:
-        r = fuzz(exe, url)
+        r = fuzz(exe, url, tmp_path)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
-def fuzz(exe: Path, url: str) -> subprocess.CompletedProcess[str]:
+def fuzz(exe: Path, url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     cmd = [str(exe), "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "10",
            "--seed", "1", "--workers", "1", "--max-time", "90", "--request-timeout", "30", "-H", f"Authorization: Bearer {TOKEN}",
            "--suppress-health-check", "all", "--no-shrink"]
     # one worker: hypothesis describing its filters from several threads trips a CPython 3.11 ast bug
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)  # its cache folder goes there
 
 
 
