@@ -121,7 +121,7 @@ def tokens_sha256(inputs: dict[str, torch.Tensor]) -> str:
 def _windows(tokenizer: Any, texts: list[str], count: int, seq_len: int, seed: int, vocab_size: int) -> dict[str, torch.Tensor]:
     eos = tokenizer.eos_token_id
     ids: list[int] = []
-    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+    for enc in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
         ids.extend(enc)
         if eos is not None:
             ids.append(eos)
