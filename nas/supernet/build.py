@@ -92,7 +92,7 @@ def build_supernet(
         )
     sha = weights_sha256(source.path)
     net, family = load_model(source)
-    data = prepare_data(source.path, family, config.calibration, int(base_config.get("vocab_size") or 0) or 1 << 62)
+    data = prepare_data(source.path, family, config.calibration, int(base_config.get("vocab_size") or 1 << 62))
     timings["load_and_tokenize_s"] = time.perf_counter() - start
 
     with torch.no_grad():
