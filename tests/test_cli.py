@@ -152,3 +152,10 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.stderr.strip() == "anyshape: error: shape.layers is empty (depth 0); depth must be in 1..6"
     help_proc = subprocess.run([sys.executable, "-m", "nas.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert help_proc.returncode == 0 and "extract" in help_proc.stdout
+
+
+@pytest.mark.parametrize("argv", [["nosuch"], ["extract", "--bogus"], ["predictor", "fit"]])
+def test_usage_errors_have_no_traceback(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and ("No such" in err or "Missing option" in err)

@@ -28,18 +28,24 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    from typer._click import exceptions as typer_click  # typer vendors its own click
+
+    usage_errors = (click.ClickException, typer_click.ClickException)
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="anyshape", standalone_mode=False)
     except AnyshapeError as e:
         sys.stderr.write(f"anyshape: error: {e}\n")
         return 1
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, typer.Exit) as e:
         return int(e.exit_code)
-    except click.ClickException as e:
+    except typer_click.NoArgsIsHelpError as e:
+        e.show()
+        return 0
+    except usage_errors as e:
         e.show()
         return int(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         sys.stderr.write("anyshape: aborted\n")
         return 130
     except KeyboardInterrupt:
