@@ -37,6 +37,23 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def check_output_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Fail fast, before any expensive work, on an output directory that cannot be written."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise AnyshapeError(f"output path {out} exists and is not a directory")
+    if out.exists() and not overwrite:
+        raise AnyshapeError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AnyshapeError(f"cannot create directory {out.parent}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise AnyshapeError(f"directory {ancestor} is not writable; choose another output location")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``out``; rename it to ``out`` when the block succeeds.
@@ -44,11 +61,7 @@ def atomic_directory(out: str | os.PathLike[str], *, overwrite: bool = False) ->
     On any error the temporary directory is removed and ``out`` is untouched. An existing
     ``out`` is an error unless ``overwrite`` (then it is replaced only after success).
     """
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise AnyshapeError(f"output directory {out} already exists; choose another --out or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise AnyshapeError(f"output path {out} exists and is not a directory")
+    out = check_output_dir(out, overwrite=overwrite)
     _ensure_parent(out)
     try:
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))

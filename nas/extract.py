@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from nas import __version__
-from nas._io import atomic_directory
+from nas._io import atomic_directory, check_output_dir
 from nas._safetensors import save_safetensors
 from nas.config import BaseModelRef, SubnetConfig
 from nas.cuts import LayerCut, WidthOrders, plan_cuts
@@ -66,6 +66,7 @@ def extract(
     The directory appears only when everything, ONNX included, has succeeded.
     """
     start = time.perf_counter()
+    check_output_dir(out, overwrite=overwrite)
     source = model if isinstance(model, ModelSource) else resolve_model(model)
     base_config = source.config_dict()
     family = family_for(base_config)

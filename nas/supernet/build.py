@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nas._io import atomic_directory, write_json_atomic
+from nas._io import atomic_directory, check_output_dir, write_json_atomic
 from nas.cuts import WidthOrders
 from nas.errors import AnyshapeError
 from nas.families import ModelFamily
@@ -76,6 +76,7 @@ def build_supernet(
     from nas.modeling import load_model
 
     config = config or BuildConfig()
+    check_output_dir(out, overwrite=overwrite)  # before minutes of calibration, not after
     start = time.perf_counter()
     timings: dict[str, float] = {}
     source = resolve_model(model)
