@@ -10,7 +10,7 @@ import pytest
 from nas.errors import AnyshapeError
 from nas.families import family_for
 from profilers.blocks import ModelSpec
-from profilers.environment import best_bandwidth, cpu_slug, l3_cache_bytes
+from profilers.environment import cpu_slug, l3_cache_bytes
 from profilers.protocol import ProtocolConfig
 from profilers.workload import BlockPoint
 
@@ -25,9 +25,22 @@ WIDE = {
 #: Rows must stream at least this many times the L3 cache to be held to the DRAM bound (a policy
 #: that keeps part of a cyclic working set in L3 lets a 2-3x-L3 block beat DRAM bandwidth).
 CACHE_MULTIPLE = 8
-#: A table measured under load recorded its bandwidth under load too, which underestimates the
-#: machine (one measured point may have run in a quiet moment); it gets this much slack.
-UNDER_LOAD_SLACK = 0.85
+
+
+def machine_bandwidth_gb_s(fresh: float = 0.0) -> float:
+    """The best memory bandwidth this machine has shown: the copy / read / GEMV benchmark recorded
+    in the meta.json of every committed table of this device, and ``fresh`` (measured now).
+
+    On a shared machine a single benchmark run underestimates the peak (other processes take
+    cores and memory bandwidth), so the bound is the best the benchmark ever measured here.
+    """
+    import json
+
+    best = fresh
+    for meta_path in (TABLES / cpu_slug()).glob("*/meta.json"):
+        for entry in json.loads(meta_path.read_text())["tables"].values():
+            best = max(best, float(entry.get("memory_bandwidth", {}).get("bound_gb_s", 0.0)))
+    return best
 
 
 @pytest.mark.parametrize(
@@ -75,27 +88,23 @@ def test_cuda_where_there_is_none() -> None:
 
 @pytest.mark.slow
 def test_decode_never_beats_the_memory_bandwidth_bound() -> None:
-    """A decode step must read every weight once: latency >= weight bytes / measured bandwidth."""
+    """A decode step must read every weight once: latency >= weight bytes / this machine's bandwidth."""
     from profilers.cost import ModelDims, block_cost
+    from profilers.environment import best_bandwidth
     from profilers.torch_profiler import TorchProfiler
 
     spec = ModelSpec("wide", family_for(WIDE), WIDE)
     point = BlockPoint("mlp", "decode", 1, 1, 128, 1, 0, 0, 16384)
     weights = block_cost(ModelDims.from_config(spec.family, spec.config), point).weight_bytes
     assert weights >= CACHE_MULTIPLE * l3_cache_bytes()
-    profiler = TorchProfiler(ProtocolConfig(warmup=2, repeats=8, min_repeats=5, max_point_seconds=2.0))
-    # interleave bandwidth and decode measurements so that both see the same load; keep each's best
-    bandwidth, fastest_ms = None, float("inf")
+    profiler = TorchProfiler(ProtocolConfig(warmup=2, repeats=10, min_repeats=5, max_point_seconds=2.0))
     profiler.setup()
     try:
-        for _ in range(3):
-            bw = best_bandwidth(buffer_mib=512, passes=5)
-            bandwidth = bw if bandwidth is None else bandwidth.best(bw)
-            fastest_ms = min(fastest_ms, profiler.measure(spec, point).latency_ms_p10)
+        m = profiler.measure(spec, point)
     finally:
         profiler.teardown()
-    assert bandwidth is not None
-    assert fastest_ms >= weights / (bandwidth.bound_gb_s * 1e6), (fastest_ms, bandwidth)
+    bandwidth = machine_bandwidth_gb_s(best_bandwidth(buffer_mib=512, passes=5).bound_gb_s)
+    assert m.latency_ms_p10 >= weights / (bandwidth * 1e6), (m, bandwidth)
 
 
 def measured_tables() -> list[Path]:
@@ -108,11 +117,11 @@ def test_committed_measured_tables_respect_the_bandwidth_bound(path: Path) -> No
 
     table = load_table(path, device=cpu_slug(), check_software=False)
     assert table.source == "measured"
-    bound = table.meta["memory_bandwidth"]["bound_gb_s"]
-    slack = UNDER_LOAD_SLACK if table.meta["load"]["under_load"] else 1.0
+    bound = machine_bandwidth_gb_s()
+    assert bound >= table.meta["memory_bandwidth"]["bound_gb_s"] > 0
     big = [r for r in table.rows if r["phase"] == "decode" and r["weight_bytes"] >= CACHE_MULTIPLE * l3_cache_bytes()]
     for row in big:
-        assert row["latency_ms_p10"] >= slack * row["weight_bytes"] / (bound * 1e6), row
+        assert row["latency_ms_p10"] >= row["weight_bytes"] / (bound * 1e6), row
 
 
 def test_committed_estimates_are_marked() -> None:
