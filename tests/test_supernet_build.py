@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,37 +24,6 @@ from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.width import compensated
 
 SMALL = CalibrationConfig(num_calib=4, num_heldout=4, seq_len=16, batch_size=2, seed=0)
-
-
-def save_word_tokenizer(path: Path, vocab_size: int) -> None:
-    """A word-level tokenizer with ``vocab_size`` entries, trained on the builtin corpus."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from nas.supernet.data import load_corpus
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["[UNK]", "[PAD]", "[EOS]"], show_progress=False)
-    tok.train_from_iterator([d.text for d in load_corpus()[:300]], trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
-    fast.save_pretrained(path)
-
-
-@pytest.fixture(scope="module")
-def tok_model(tiny_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tok_model("llama")``: the tiny model of that family, with a tokenizer beside it."""
-    cache: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in cache:
-            path = tmp_path_factory.mktemp(f"tok-{name}") / "model"
-            shutil.copytree(tiny_model(name), path)
-            save_word_tokenizer(path, 96)
-            cache[name] = path
-        return cache[name]
-
-    return get
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import importlib
 import multiprocessing
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,7 +43,7 @@ class SearchConfig:
     trials: int
     factory: str  # "module:function" building the SearchProblem from this config, in any process
     factory_args: Mapping[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
+    device: str = field(default_factory=lambda: _this_cpu())  # latency tables of this device
     runtime: str = "torch"
     workload: Workload = field(default_factory=Workload)
     storage: str | None = None
@@ -72,6 +73,7 @@ class SearchConfig:
                 raise AnyshapeError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if ":" not in self.factory:
             raise AnyshapeError(f"search factory {self.factory!r} must be 'module:function'")
+        check_device_slug(self.device)
 
     @property
     def storage_url(self) -> str:
@@ -85,6 +87,25 @@ class SearchConfig:
         data.pop("storage")
         data.pop("workers")
         return data
+
+
+def _this_cpu() -> str:
+    from profilers.environment import cpu_slug
+
+    return cpu_slug()
+
+
+_CPU_SLUG = re.compile(r"^cpu-[a-z0-9]+(?:-[a-z0-9]+)*-\d+c$")
+
+
+def check_device_slug(slug: str) -> None:
+    """A device a latency table can exist for: a known GPU slug, or any ``cpu-<model>-<N>c``.
+
+    (A search may target another machine's CPU: it only reads that CPU's table.)"""
+    from profilers.devices import DEVICES, known_devices
+
+    if slug not in DEVICES and not _CPU_SLUG.match(slug):
+        raise AnyshapeError(f"unknown device {slug!r}; known: {', '.join(known_devices())}, or cpu-<model>-<N>c")
 
 
 @dataclass

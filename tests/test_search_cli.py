@@ -1,0 +1,86 @@
+"""The real search problem end to end on a tiny model: supernet, table, search, export, extract, via the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import transformers
+
+from nas.cli import main
+from nas.families import family_for
+from nas.hub import load_config_dict
+from nas.supernet.build import BuildConfig, build_supernet
+from nas.supernet.calibration import CalibrationConfig
+from profilers.blocks import ModelSpec
+from profilers.environment import cpu_slug
+from profilers.fake import FakeProfiler
+from profilers.protocol import ProtocolConfig
+from profilers.run import profile
+from profilers.workload import GridConfig
+
+SMALL = CalibrationConfig(num_calib=4, num_heldout=4, seq_len=16, batch_size=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def setup(tok_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("search-e2e")
+    model = tok_model("llama")
+    build_supernet(str(model), root / "sn", BuildConfig(calibration=SMALL), progress=False)
+    config = load_config_dict(model)
+    spec = ModelSpec("tiny-llama", family_for(config), config)
+    grid = GridConfig(seq_len=(128,), context_len=(128,), whole_model_samples=30)
+    profiler = FakeProfiler(ProtocolConfig(warmup=0, repeats=3, min_repeats=3), noise_cv=0.01, seed=3)
+    profile(spec, cpu_slug(), "fake", root / "tables", grid=grid, profiler=profiler, progress=False, bandwidth_buffer_mib=8)
+    return root
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def search_args(root: Path, *extra):
+    return ["search", root / "sn", "--device", cpu_slug(), "--runtime", "fake", "--tables", root / "tables", "--table", "tiny-llama",
+            "--storage", f"sqlite:///{root / 'study.db'}", *extra]  # fmt: skip
+
+
+def test_search_export_extract(capsys, setup):
+    code, out, err = cli(capsys, *search_args(setup, "--trials", 10, "--study", "e2e", "--json"))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["complete_trials"] == 10 and result["pareto"]
+    code, out, err = cli(capsys, "export", "--study", "e2e", "--storage", f"sqlite:///{setup / 'study.db'}", "--out", setup / "front", "--json")
+    assert code == 0, err
+    configs = json.loads(out)["configs"]
+    code, _, err = cli(capsys, "extract", configs[0], "--out", setup / "ckpt")
+    assert code == 0, err
+    model = transformers.AutoModelForCausalLM.from_pretrained(setup / "ckpt")
+    assert type(model).__name__ == "LlamaForCausalLM"
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--device", "no-such-device"], "unknown device" ),
+        (["--storage", "not a url"], "not a database URL"),
+        (["--workload", "prefill:b1"], "is not like"),
+        (["--trials", "0"], "--trials"),
+    ],
+)
+def test_bad_search_input(capsys, setup, extra, needle):
+    args = search_args(setup, "--trials", 2, "--study", "bad")
+    for i in range(0, len(extra), 2):  # later options override earlier ones
+        args += [extra[i], extra[i + 1]]
+    code, _, err = cli(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def test_budget_no_shape_meets(capsys, setup):
+    code, _, err = cli(capsys, *search_args(setup, "--trials", 4, "--study", "tight", "--latency-budget-ms", "1e-9"))
+    assert code == 0, err
+    code, _, err = cli(capsys, "export", "--study", "tight", "--storage", f"sqlite:///{setup / 'study.db'}", "--out", setup / "tight")
+    assert code == 1 and "no shape met the budgets" in err
