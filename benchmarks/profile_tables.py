@@ -21,11 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 
-#: model -> extra --grid per runtime (kept small enough for <= 10 minutes per table on 2 cores).
-MODELS = {
-    "minilm": {"torch": None, "onnxruntime": None},
-    "ref-llama-12l": {"torch": None, "onnxruntime": None},
-    "qwen2.5-0.5b": {"torch": '{"whole_model_samples": 4}', "onnxruntime": '{"whole_model_samples": 3, "head_pairs": 7}'},
+#: table name -> (--model, extra --grid per runtime), grids small enough for <= 10 minutes per table on 2 cores.
+MODELS: dict[str, tuple[str, dict[str, str | None]]] = {
+    "minilm": ("minilm", {"torch": None, "onnxruntime": None}),
+    "ref-llama-12l": ("ref-decoder", {"torch": None, "onnxruntime": None}),
+    "qwen2.5-0.5b": (
+        "qwen2.5-0.5b",
+        {"torch": '{"whole_model_samples": 4}', "onnxruntime": '{"whole_model_samples": 3, "head_pairs": 7}'},
+    ),
 }
 ESTIMATED_DEVICES = ("a5000", "jetson-agx-orin-64gb", "jetson-orin-nano-8gb")
 
@@ -36,19 +39,23 @@ def commands(out: str) -> list[list[str]]:
     here = cpu_slug()
     cmds = []
     for runtime in ("torch", "onnxruntime"):
-        for model, grids in MODELS.items():
-            cmd = [CLI, "profile", "--device", here, "--runtime", runtime, "--model", model, "--out", out]
-            if grids[runtime]:
-                cmd += ["--grid", grids[runtime]]
+        for name, (model, grids) in MODELS.items():
+            cmd = [CLI, "profile", "--device", here, "--runtime", runtime, "--model", model, "--name", name, "--out", out]
+            grid = grids[runtime]
+            if grid:
+                cmd += ["--grid", grid]
             cmds.append(cmd)
     for device in ESTIMATED_DEVICES:
-        for model in MODELS:
-            cmds.append([CLI, "profile", "--device", device, "--runtime", "torch", "--model", model, "--out", out, "--estimate"])
+        for name, (model, _) in MODELS.items():
+            cmds.append([CLI, "profile", "--device", device, "--runtime", "torch", "--model", model, "--name", name,
+                         "--out", out, "--estimate"])
     return cmds
 
 
-def build(out: str, overwrite: bool) -> None:
+def build(out: str, overwrite: bool, only: str | None = None) -> None:
     for cmd in commands(out):
+        if only is not None and f"--name {only} " not in shlex.join(cmd) + " ":
+            continue
         if overwrite:
             cmd = [*cmd, "--overwrite"]
         print("$", shlex.join(cmd[1:] if cmd[0] == CLI else cmd).replace("profile", "anyshape profile", 1), flush=True)
@@ -81,7 +88,7 @@ def summary(out: str) -> list[dict[str, object]]:
             bandwidth = meta.get("memory_bandwidth", {}).get("bound_gb_s")
             gflops = meta.get("matmul_gflops")
             if bandwidth and gflops:
-                spec = resolve_model_spec(str(meta["model"]))
+                spec = resolve_model_spec(str(meta["model"]))  # the table's own model (alias, config or path)
                 r = ratios(table, ModelDims.from_config(spec.family, spec.config), float(bandwidth), float(gflops))
                 row["roofline/measured"] = round(r["all"], 3)
                 for phase in ("decode", "prefill"):
@@ -108,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "latency_tables"))
     parser.add_argument("--build", action="store_true", help="run every profile / estimate command first")
     parser.add_argument("--overwrite", action="store_true", help="with --build: replace existing tables")
+    parser.add_argument("--only", help="with --build: only the tables of this name")
     args = parser.parse_args(argv)
     if args.build:
-        build(args.out, args.overwrite)
+        build(args.out, args.overwrite, args.only)
     print_table(summary(args.out))
     return 0
 

@@ -51,7 +51,7 @@ def builtin_configs() -> dict[str, dict[str, Any]]:
 
 
 def resolve_model_spec(model: str) -> ModelSpec:
-    """A builtin config name (``ref-llama-12l``, ``qwen2.5-0.5b``), a config.json file, or a model (dir, alias, hub id)."""
+    """A builtin config name (``qwen2.5-0.5b``), a config.json file, or a model (dir, alias such as ``ref-decoder``, hub id)."""
     configs = builtin_configs()
     if model in configs:
         config = configs[model]

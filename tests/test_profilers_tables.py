@@ -296,14 +296,14 @@ def test_cli_entry_point_exits_non_zero_without_traceback(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--device", "tpu-v9", "--model", "ref-llama-12l"], "unknown device 'tpu-v9'; known:"),
-        (["--device", "cpu-xeon-8480-2c", "--model", "ref-llama-12l"], "is not this machine's CPU"),
-        (["--device", "a5000", "--model", "ref-llama-12l"], "CUDA was asked for but torch sees no CUDA device"),
-        (["--device", "a5000", "--model", "ref-llama-12l", "--runtime", "onnxruntime"], "CUDA was asked for but this onnxruntime"),
-        (["--device", HERE, "--model", "ref-llama-12l", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
+        (["--device", "tpu-v9", "--model", "ref-decoder"], "unknown device 'tpu-v9'; known:"),
+        (["--device", "cpu-xeon-8480-2c", "--model", "ref-decoder"], "is not this machine's CPU"),
+        (["--device", "a5000", "--model", "ref-decoder"], "CUDA was asked for but torch sees no CUDA device"),
+        (["--device", "a5000", "--model", "ref-decoder", "--runtime", "onnxruntime"], "CUDA was asked for but this onnxruntime"),
+        (["--device", HERE, "--model", "ref-decoder", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
         (["--device", HERE, "--model", "no/such-model-here", "--grid", "{bad"], "--grid is not valid JSON"),
-        (["--device", HERE, "--model", "ref-llama-12l", "--threads", "0"], "protocol.threads is 0"),
-        (["--device", "gpu", "--model", "ref-llama-12l", "--estimate"], "unknown device 'gpu'"),
+        (["--device", HERE, "--model", "ref-decoder", "--threads", "0"], "protocol.threads is 0"),
+        (["--device", "gpu", "--model", "ref-decoder", "--estimate"], "unknown device 'gpu'"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
@@ -318,7 +318,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_cli_estimate_and_tables_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    done = cli(capsys, "profile", "--device", "jetson-orin-nano-8gb", "--model", "ref-llama-12l", "--estimate", "--out", str(tmp_path))
+    done = cli(capsys, "profile", "--device", "jetson-orin-nano-8gb", "--model", "ref-decoder", "--estimate", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "(roofline-estimate)" in done.stdout
     listed = cli(capsys, "tables", "list", "--root", str(tmp_path), "--json")
@@ -331,8 +331,8 @@ def test_cli_estimate_and_tables_list(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_cli_corrupted_table_in_list_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cli(capsys, "profile", "--device", "a5000", "--model", "ref-llama-12l", "--estimate", "--out", str(tmp_path))
-    csv_path = tmp_path / "a5000" / "torch" / "ref-llama-12l.csv"
+    cli(capsys, "profile", "--device", "a5000", "--model", "ref-decoder", "--estimate", "--out", str(tmp_path))
+    csv_path = tmp_path / "a5000" / "torch" / "ref-decoder.csv"
     csv_path.write_text(csv_path.read_text()[:200])
     listed = cli(capsys, "tables", "list", "--root", str(tmp_path), "--json")
     (entry,) = json.loads(listed.stdout)

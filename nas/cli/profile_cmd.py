@@ -15,7 +15,7 @@ app.add_typer(tables_app, name="tables")
 @app.command("profile")
 def profile_command(
     device: str = typer.Option(..., "--device", help="Device slug: this CPU (cpu-<model>-<N>c), h100, a5000, jetson-agx-orin-64gb, jetson-orin-nano-8gb."),
-    model: str = typer.Option(..., "--model", help="Model dir, alias (minilm), config.json, or builtin config (ref-llama-12l, qwen2.5-0.5b)."),
+    model: str = typer.Option(..., "--model", help="Model dir, alias (minilm, ref-decoder), config.json, or builtin config (qwen2.5-0.5b)."),
     runtime: str = typer.Option("torch", "--runtime", help="torch | onnxruntime"),
     out: Path = typer.Option(Path("latency_tables"), "--out", help="Root folder of the tables."),
     grid: str | None = typer.Option(None, "--grid", help="Grid as inline JSON or a JSON/YAML file (batch, seq_len, context_len, ffn_steps, head_pairs, whole_model_samples, seed, dtype, ...)."),
