@@ -1,4 +1,4 @@
-"""``anyshape supernet build MODEL --out DIR``: calibrate a base model once into a supernet."""
+"""``anyshape supernet build MODEL --out DIR`` and ``anyshape supernet train SUPERNET --out DIR``."""
 
 from __future__ import annotations
 
@@ -56,3 +56,55 @@ def build_command(
     for row in table.rows:
         held = f"  held-out {row['heldout_loss']:.4f}" if "heldout_loss" in row else ""
         typer.echo(f"  depth {row['depth']:>3}: layers {row['layers']}  calib {row['calib_loss']:.4f}{held}")
+
+
+@supernet_app.command("train")
+def train_command(
+    supernet: Path = typer.Argument(..., help="Supernet directory (from `anyshape supernet build`)."),
+    out: Path | None = typer.Option(None, "--out", help="Trained supernet directory to write (not needed with --adapter none)."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps (each: largest + smallest + n random shapes)."),
+    adapter: str = typer.Option("smol", "--adapter", help="smol (mixture of LoRAs) | single (one shared LoRA) | none (evaluate only)."),
+    experts: int = typer.Option(5, "--experts", help="SMoL: LoRA experts per linear layer (K)."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank of every expert."),
+    top_k: int = typer.Option(2, "--top-k", help="SMoL: experts mixed per layer."),
+    num_random: int = typer.Option(2, "--num-random", help="Random shapes per step besides the largest and smallest."),
+    data: Path | None = typer.Option(None, "--data", help="Training text file (paragraphs); default: the builtin corpus's calibration pool."),
+    num_train: int = typer.Option(256, "--num-train", help="Training sequences (decoders) or sentences (encoders)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Rows per step."),
+    seq_len: int = typer.Option(0, "--seq-len", help="Tokens per sequence (0: the supernet's calibration length)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    no_balance: bool = typer.Option(False, "--no-balance", help="No loss-magnitude balancing."),
+    mlfs: bool = typer.Option(False, "--mlfs", help="MLFS gradient scaling of small subnets."),
+    seed: int = typer.Option(0, "--seed", help="Seed of init, data order, shape sampling and gate noise."),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between checkpoints (0: none)."),
+    checkpoint_dir: Path | None = typer.Option(None, "--checkpoint-dir", help="Where checkpoints go (default: OUT.checkpoint)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of the same run."),
+    model: str | None = typer.Option(None, "--model", help="Base model, if not where the supernet says (checked by sha256)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (only after success)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fine-tune SUPERNET so every shape improves at once (SMoL + in-place distillation, sandwich rule)."""
+    from nas.finetune.config import AdapterConfig, FinetuneConfig
+    from nas.finetune.train import train_supernet
+
+    if adapter == "single":
+        adapter_config = AdapterConfig.single(rank=rank)
+    else:
+        adapter_config = AdapterConfig(mode=adapter, num_experts=experts, rank=rank, top_k=top_k)
+    config = FinetuneConfig(
+        adapter=adapter_config, steps=steps, lr=lr, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
+        data=None if data is None else str(data), num_random=num_random, balance=not no_balance,
+        grad_scale="mlfs" if mlfs else "none", seed=seed, checkpoint_every=checkpoint_every,
+    )
+    result = train_supernet(supernet, out, config, model=model, resume=resume, checkpoint_dir=checkpoint_dir,
+                            overwrite=overwrite, progress=not no_progress)
+    if as_json:
+        print_json({"out": None if result.out is None else str(result.out), "seconds": round(result.seconds, 2),
+                    "steps": result.steps, "heldout": result.heldout, "shapes": result.shapes})
+        return
+    where = f"wrote {result.out}" if result.out is not None else "evaluated (nothing written)"
+    typer.echo(f"{where}: {result.steps} steps in {result.seconds:.1f} s ({adapter})")
+    for name, metrics in result.heldout.items():
+        values = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        typer.echo(f"  {name:>8} {result.shapes[name]}: {values}")

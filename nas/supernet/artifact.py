@@ -5,10 +5,13 @@
                           width method, bias compensation, calibration record, build config
     supernet.safetensors  orders.heads / orders.kv_heads / orders.ffn (int64, one row per layer);
                           with bias compensation: stats.attn_mean (L, H*head_dim), stats.ffn_mean (L, F)
+    adapters.safetensors  only in a trained supernet (``anyshape supernet train``): the SMoL LoRA
+                          experts and gate; ``supernet.json`` then has an ``adapters`` section
+                          (format, mode, K, rank, top-k, gate, targets, training config, data hash)
 
 Both files are a pure function of the base weights, the data and the build config (timings go
 to ``build_log.json`` beside them), so the same seed gives the same bytes. A subnet config names
-a supernet by path and :meth:`Supernet.sha256` (over the two files).
+a supernet by path and :meth:`Supernet.sha256` (over the two files, and the adapters file if any).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ FORMAT = "anyshape/supernet-v1"
 SUPERNET_FILE = "supernet.json"
 TENSORS_FILE = "supernet.safetensors"
 BUILD_LOG_FILE = "build_log.json"
+ADAPTERS_FILE = "adapters.safetensors"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,9 @@ class Supernet:
     ffn_mean: torch.Tensor | None = field(default=None, compare=False)
     path: Path | None = field(default=None, compare=False)
     format: str = FORMAT
+    #: the ``adapters`` section of a trained supernet (None: untrained) and its tensors
+    adapters: Mapping[str, Any] | None = None
+    adapter_tensors: Mapping[str, torch.Tensor] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.default_depth_table not in self.depth_tables:
@@ -85,6 +92,8 @@ class Supernet:
         self.orders.validate(self.space)
         if self.bias_compensation and (self.attn_mean is None or self.ffn_mean is None):
             raise AnyshapeError("a supernet with bias compensation needs the channel means (stats.attn_mean, stats.ffn_mean)")
+        if self.adapters is not None and self.adapter_tensors is None:
+            raise AnyshapeError(f"a trained supernet needs its adapter tensors ({ADAPTERS_FILE})")
 
     # ---- shapes -------------------------------------------------------------------------
     def resolve_shape(self, shape: Shape | Mapping[str, Any], table: str | None = None) -> Shape:
@@ -119,6 +128,7 @@ class Supernet:
                       "tensors": TENSORS_FILE},
             "calibration": dict(self.calibration),
             "build_config": dict(self.build_config),
+            **({"adapters": dict(self.adapters)} if self.adapters is not None else {}),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -135,6 +145,9 @@ class Supernet:
 
         (directory / SUPERNET_FILE).write_text(json.dumps(self.to_json(), indent=1) + "\n")
         save_file(self.tensors(), str(directory / TENSORS_FILE), metadata={"format": FORMAT})
+        if self.adapter_tensors is not None:
+            tensors = {k: v.detach().float().contiguous() for k, v in self.adapter_tensors.items()}
+            save_file(tensors, str(directory / ADAPTERS_FILE), metadata={"format": FORMAT})
 
     @classmethod
     def load(cls, directory: str | Path) -> Supernet:
@@ -155,6 +168,13 @@ class Supernet:
             tensors = load_file(str(directory / TENSORS_FILE))
         except (OSError, Exception) as e:
             raise AnyshapeError(f"cannot read {directory / TENSORS_FILE}: {e}") from None
+        adapters = data.get("adapters")
+        adapter_tensors = None
+        if adapters is not None:
+            try:
+                adapter_tensors = load_file(str(directory / ADAPTERS_FILE))
+            except (OSError, Exception) as e:
+                raise AnyshapeError(f"cannot read {directory / ADAPTERS_FILE}: {e}") from None
         width = data["width"]
         depth = data["depth"]
         return cls(
@@ -173,6 +193,8 @@ class Supernet:
             attn_mean=tensors.get("stats.attn_mean"),
             ffn_mean=tensors.get("stats.ffn_mean"),
             path=directory.resolve(),
+            adapters=adapters,
+            adapter_tensors=adapter_tensors,
         )
 
     def sha256(self) -> str:
@@ -184,7 +206,9 @@ class Supernet:
 
 def supernet_sha256(directory: Path) -> str:
     h = hashlib.sha256()
-    for name in (SUPERNET_FILE, TENSORS_FILE):
+    for name in (SUPERNET_FILE, TENSORS_FILE, ADAPTERS_FILE):
+        if name == ADAPTERS_FILE and not (directory / name).is_file():
+            continue  # untrained supernets keep the sha256 they always had
         h.update(name.encode())
         h.update(hashlib.sha256((directory / name).read_bytes()).digest())
     return h.hexdigest()
@@ -223,6 +247,7 @@ def inspect_supernet(path: str | Path) -> dict[str, Any]:
         "depth_tables": {name: t.to_dict() for name, t in supernet.depth_tables.items()},
         "width_method": supernet.width_method,
         "bias_compensation": supernet.bias_compensation,
+        "adapters": None if supernet.adapters is None else {k: v for k, v in supernet.adapters.items() if k != "targets"},
         "orders": {"heads": [list(o) for o in supernet.orders.heads], "kv_heads": [list(o) for o in supernet.orders.kv_heads],
                    "ffn": [list(o) for o in supernet.orders.ffn]},
     }

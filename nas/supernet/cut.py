@@ -82,7 +82,11 @@ def extract_from_supernet(
             shape=resolved,
         )
     cuts = plan_cuts(supernet.space, resolved, supernet.orders)
-    edits, switches = compensation_edits(supernet, source, cuts) if supernet.bias_compensation else ({}, {})
+    edits = adapter_edits(supernet, source, resolved)  # a trained supernet: the shape's merged LoRA deltas
+    switches: dict[str, bool] = {}
+    if supernet.bias_compensation:
+        bias_edits, switches = compensation_edits(supernet, source, cuts, weights=edits)
+        edits = {**edits, **bias_edits}
     if not switches or not edits:
         return extract(source, resolved, out, orders=supernet.orders, edits=edits, config=config, onnx=onnx,
                        overwrite=overwrite, base_sha256=sha)
@@ -105,8 +109,33 @@ def extract_from_supernet(
     return result
 
 
-def compensation_edits(supernet: Supernet, source: ModelSource, cuts: list[LayerCut]) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
-    """Bias tensors (by base key) that carry FLAP's compensation for ``cuts``, and config switches to set."""
+def adapter_edits(supernet: Supernet, source: ModelSource, shape: Shape) -> dict[str, torch.Tensor]:
+    """A trained supernet's merged weights ``W + delta(shape)`` by base key (empty when untrained)."""
+    from nas.finetune.smol import smol_from_supernet
+
+    smol = smol_from_supernet(supernet)
+    if smol is None:
+        return {}
+    family = family_for(source.config_dict())
+    deltas = smol.deltas(shape)
+    tensors = _layer_tensors(source.path, family.layer_key, {t.layer for t in deltas})
+    edits: dict[str, torch.Tensor] = {}
+    for target, delta in deltas.items():
+        keys = tensors[target.layer]
+        weight = keys.get(f"{target.name}.weight")
+        if weight is None or tuple(weight.shape) != tuple(delta.shape):
+            raise AnyshapeError(f"the supernet's adapters do not fit base layer {target.layer} {target.name} of {source.spec}")
+        edits[f"{keys['__prefix__']}.{target.name}.weight"] = (weight.float() + delta).to(weight.dtype)
+    return edits
+
+
+def compensation_edits(
+    supernet: Supernet, source: ModelSource, cuts: list[LayerCut], weights: Mapping[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+    """Bias tensors (by base key) that carry FLAP's compensation for ``cuts``, and config switches to set.
+
+    ``weights`` overrides base tensors by key (a trained supernet's merged weights).
+    """
     if supernet.family not in COMPENSATION_LAYOUT:
         raise AnyshapeError(f"bias compensation is not available for {supernet.family} models")
     assert supernet.attn_mean is not None and supernet.ffn_mean is not None
@@ -122,7 +151,7 @@ def compensation_edits(supernet: Supernet, source: ModelSource, cuts: list[Layer
             (attn_name, cut.rows("q", space.head_dim), supernet.attn_mean[cut.layer]),
             (ffn_name, cut.rows("ffn", 0), supernet.ffn_mean[cut.layer]),
         ):
-            weight = keys[f"{name}.weight"]
+            weight = (weights or {}).get(f"{prefix}.{name}.weight", keys[f"{name}.weight"])
             removed = _complement(rows, weight.shape[1])
             bias = keys.get(f"{name}.bias")
             base = bias if bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)

@@ -1,0 +1,37 @@
+"""A supernet's shape as the search and the evaluation see it: merged adapters, then bias compensation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch import nn
+
+from nas.cuts import LayerCut
+from nas.families import ModelFamily
+from nas.finetune.smol import SMoL, adapted
+from nas.shape import Shape
+
+
+def shape_hooks(supernet: Any, family: ModelFamily, smol: SMoL | None, shape: Shape,
+                cuts: list[LayerCut]) -> Callable[[nn.Module], contextlib.AbstractContextManager[nn.Module]] | None:
+    """A ``hooks(model)`` factory for :meth:`SubnetEvaluator.score`, or None when there is nothing to add.
+
+    Adapters (a trained supernet) are merged into the weights for ``shape``; bias compensation is
+    computed from those merged weights, exactly as :func:`nas.supernet.cut.extract_from_supernet` does.
+    """
+    if smol is None and not supernet.bias_compensation:
+        return None
+
+    @contextlib.contextmanager
+    def hooks(model: nn.Module) -> Iterator[nn.Module]:
+        with adapted(model, family, smol, shape), contextlib.ExitStack() as stack:
+            if supernet.bias_compensation:
+                from nas.supernet import width
+                from nas.supernet.cut import compensation_shifts
+
+                stack.enter_context(width.compensated(model, family, compensation_shifts(supernet, model, family, cuts)))
+            yield model
+
+    return hooks

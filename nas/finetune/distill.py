@@ -1,0 +1,192 @@
+"""In-place distillation with the sandwich rule (AmoebaLLM, after BigNAS / OFA).
+
+Per step: the largest shape trains on the task loss (decoders: next-token labels; encoders:
+matching the frozen full model's outputs -- ``1 - cos`` of mean-pooled embeddings plus the
+relative hidden-state error); the smallest shape and ``n`` seeded random shapes train on the
+largest's detached outputs (decoders: ``KL(teacher || student)`` on next-token distributions;
+encoders: the same embedding/hidden matching against the largest). Loss-magnitude balancing
+scales each subnet's loss to the largest's magnitude, ``loss_i * loss_ref.detach() / loss_i.detach()``,
+so every shape's gradient has the reference's scale. Optional MLFS-style gradient scaling
+multiplies a subnet's loss by ``(params_full / params_i) ** gamma`` (our reading of MLFS:
+smaller subnets get larger steps).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.cuts import plan_cuts
+from nas.families import ModelFamily
+from nas.finetune.config import FinetuneConfig
+from nas.finetune.smol import SMoL
+from nas.masking import masked_subnet
+from nas.shape import Shape
+from nas.supernet.artifact import Supernet
+from nas.supernet.evaluate import Batch, mean_pool, run
+
+
+def balance(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Loss-magnitude balancing: ``loss * reference.detach() / loss.detach()`` (value = reference)."""
+    return loss * reference.detach() / loss.detach()
+
+
+# ---- shapes ----------------------------------------------------------------------------------
+def depth_range(supernet: Supernet) -> tuple[int, int]:
+    depths = [int(r["depth"]) for r in supernet.depth_tables[supernet.default_depth_table].rows]
+    return min(depths), max(depths)
+
+
+def shape_at(supernet: Supernet, fraction: float) -> Shape:
+    """The shape a ``fraction`` (0 = smallest, 1 = largest) of the way along depth and every width choice."""
+    lo, hi = depth_range(supernet)
+    heads = supernet.space.head_choices()
+    ffn = supernet.space.ffn_choices()
+
+    def pick(n: int) -> int:
+        return round(fraction * (n - 1))
+
+    h, kv = heads[pick(len(heads))]
+    return supernet.resolve_shape({"depth": lo + pick(hi - lo + 1), "heads": h, "kv_heads": kv, "ffn": ffn[pick(len(ffn))]})
+
+
+def eval_shapes(supernet: Supernet) -> dict[str, Shape]:
+    """The shapes the ablation reports: largest, three middle (25/50/75 %), smallest."""
+    return {"largest": shape_at(supernet, 1.0), "mid-75": shape_at(supernet, 0.75), "mid-50": shape_at(supernet, 0.5),
+            "mid-25": shape_at(supernet, 0.25), "smallest": shape_at(supernet, 0.0)}
+
+
+class ShapeSampler:
+    """Seeded sandwich sampling: largest, smallest, and ``n`` random shapes from the depth table and width choices."""
+
+    def __init__(self, supernet: Supernet, seed: int):
+        self.supernet = supernet
+        self.rng = random.Random(seed)
+        lo, hi = depth_range(supernet)
+        self.depths = list(range(lo, hi + 1))
+        self.heads = supernet.space.head_choices()
+        self.ffn = supernet.space.ffn_choices()
+        self.largest = shape_at(supernet, 1.0)
+        self.smallest = shape_at(supernet, 0.0)
+
+    def random_shape(self) -> Shape:
+        h, kv = self.rng.choice(self.heads)
+        return self.supernet.resolve_shape(
+            {"depth": self.rng.choice(self.depths), "heads": h, "kv_heads": kv, "ffn": self.rng.choice(self.ffn)})
+
+    def sandwich(self, n: int) -> list[Shape]:
+        return [self.largest, self.smallest, *(self.random_shape() for _ in range(n))]
+
+    def state(self) -> Any:
+        return self.rng.getstate()
+
+    def set_state(self, state: Any) -> None:
+        self.rng.setstate(state)
+
+
+def block_params(supernet: Supernet, shape: Shape) -> int:
+    """Parameters in the blocks of ``shape`` (attention + FFN weights), for MLFS scaling."""
+    s = supernet.space
+    assert shape.layers is not None and shape.heads is not None and shape.kv_heads is not None and shape.ffn is not None
+    attn = s.hidden_size * s.head_dim * (2 * shape.heads + 2 * shape.kv_heads)
+    ffn_mats = 3 if s.family in ("llama", "qwen2", "qwen3", "mistral") else 2
+    return len(shape.layers) * (attn + ffn_mats * s.hidden_size * shape.ffn)
+
+
+# ---- losses ----------------------------------------------------------------------------------
+def next_token_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    valid = batch["attention_mask"][:, 1:].bool()
+    return F.cross_entropy(logits[:, :-1][valid], batch["input_ids"][:, 1:][valid])
+
+
+def kl_loss(logits: torch.Tensor, teacher: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """``KL(teacher || student)`` per predicted token, averaged over real tokens."""
+    valid = batch["attention_mask"][:, 1:].bool()
+    student = F.log_softmax(logits[:, :-1][valid], dim=-1)
+    target = F.log_softmax(teacher[:, :-1][valid], dim=-1)
+    return F.kl_div(student, target, log_target=True, reduction="batchmean")
+
+
+def embedding_loss(hidden: torch.Tensor, target: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Encoders: ``1 - cos`` of mean-pooled embeddings plus relative hidden MSE over real tokens."""
+    mask = batch["attention_mask"]
+    cos = F.cosine_similarity(mean_pool(hidden, mask), mean_pool(target, mask), dim=-1)
+    valid = mask.bool()
+    mse = ((hidden - target)[valid] ** 2).sum() / (target[valid] ** 2).sum()
+    return (1.0 - cos).mean() + mse
+
+
+# ---- one step --------------------------------------------------------------------------------
+@dataclass
+class Student:
+    """What one forward of one shape needs."""
+
+    shape: Shape
+    role: str  # "largest" | "smallest" | "random"
+
+
+def forward_shape(model: nn.Module, family: ModelFamily, supernet: Supernet, smol: SMoL | None, shape: Shape,
+                  batch: Batch, noise: torch.Generator | None) -> torch.Tensor:
+    """Logits (decoders) or last hidden states (encoders) of ``shape`` with its unmerged adapters."""
+    import contextlib
+
+    cuts = plan_cuts(supernet.space, shape, supernet.orders)
+    with contextlib.ExitStack() as stack:
+        if supernet.bias_compensation:
+            from nas.finetune.smol import adapted
+            from nas.supernet import width
+            from nas.supernet.cut import compensation_shifts
+
+            with adapted(model, family, smol, shape):  # compensation uses the merged weights, as extraction does
+                shifts = compensation_shifts(supernet, model, family, cuts)
+            stack.enter_context(width.compensated(model, family, shifts))
+        if smol is not None:
+            stack.enter_context(smol.applied(model, family, shape, noise))
+        stack.enter_context(masked_subnet(model, family, supernet.space, cuts))
+        out = run(model, family, batch)
+    return out.logits if family.kind == "decoder" else out.last_hidden_state
+
+
+def sandwich_step(model: nn.Module, family: ModelFamily, supernet: Supernet, smol: SMoL, shapes: list[Shape],
+                  batch: Batch, reference: torch.Tensor | None, config: FinetuneConfig,
+                  noise: torch.Generator | None) -> dict[str, float]:
+    """Forward and backward of the sandwich ``shapes`` (largest first); gradients accumulate in ``smol``.
+
+    ``reference`` is the frozen full model's last hidden state (encoders) or None (decoders).
+    Returns the raw (unbalanced) loss per role.
+    """
+    largest, *students = shapes
+    out = forward_shape(model, family, supernet, smol, largest, batch, noise)
+    if family.kind == "decoder":
+        loss_ref = next_token_loss(out, batch)
+    else:
+        assert reference is not None
+        loss_ref = embedding_loss(out, reference, batch)
+    teacher = out.detach()
+    losses: dict[str, float] = {"largest": loss_ref.detach().item()}
+    if loss_ref.requires_grad:
+        loss_ref.backward()
+    full = block_params(supernet, largest)
+    for i, shape in enumerate(students):
+        out = forward_shape(model, family, supernet, smol, shape, batch, noise)
+        loss = kl_loss(out, teacher, batch) if family.kind == "decoder" else embedding_loss(out, teacher, batch)
+        losses["smallest" if i == 0 else f"random{i}"] = loss.detach().item()
+        scaled = loss
+        if config.balance and losses["largest"] > config.balance_min and loss.detach().item() > 0:
+            scaled = balance(loss, loss_ref)
+        if config.grad_scale == "mlfs":
+            scaled = scaled * (full / block_params(supernet, shape)) ** config.mlfs_gamma
+        if scaled.requires_grad:
+            scaled.backward()
+    return losses
+
+
+def mean_losses(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    keys = {k for h in history for k in h}
+    return {k: sum(h[k] for h in history if k in h) / sum(1 for h in history if k in h) for k in sorted(keys)}

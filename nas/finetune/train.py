@@ -1,0 +1,265 @@
+"""``anyshape supernet train``: the fine-tuning loop, its checkpoints and ``--resume``.
+
+A run is a pure function of the supernet, the base weights, the data and the
+:class:`~nas.finetune.config.FinetuneConfig` (seed included) on one CPU thread count: the
+adapters are initialised from the seed, step ``s`` reads batch ``s`` of a seeded per-epoch
+permutation, shapes come from a seeded sampler and gate noise from a seeded generator. A
+checkpoint (every ``checkpoint_every`` steps, written atomically) holds the adapters and gate,
+the optimizer, the sampler / noise / torch RNG states and the step, so a resumed run ends
+bit-identical to an uninterrupted one and a crash loses at most one interval.
+
+Multi-GPU (not verified here: this machine has no GPU): the loop is one process; for big models
+run one process per GPU under ``accelerate launch`` or ``torchrun`` with the base model sharded
+or replicated and the SMoL gradients all-reduced (DDP over the ``SMoL`` module; the base is
+frozen). That wrapper is not written yet.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas._io import atomic_directory, check_output_dir, write_json_atomic
+from nas.errors import AnyshapeError
+from nas.finetune.config import FinetuneConfig
+from nas.finetune.distill import ShapeSampler, eval_shapes, mean_losses, sandwich_step
+from nas.finetune.smol import ADAPTERS_FORMAT, SMoL, adapter_tensors, lora_targets, targets_to_json
+from nas.supernet.evaluate import Batch
+
+STATE_FILE = "state.pt"
+TRAIN_LOG_FILE = "train_log.json"
+
+
+@dataclass
+class TrainResult:
+    out: Path | None
+    seconds: float
+    steps: int
+    losses: list[dict[str, float]]
+    heldout: dict[str, dict[str, float]] = field(default_factory=dict)  # eval shape -> metrics
+    shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def default_checkpoint_dir(out: Path) -> Path:
+    return out.with_name(f"{out.name}.checkpoint")
+
+
+def train_supernet(
+    supernet_dir: str | Path,
+    out: str | Path | None,
+    config: FinetuneConfig | None = None,
+    *,
+    model: str | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    overwrite: bool = False,
+    evaluate: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Fine-tune ``supernet_dir`` and write the trained supernet to ``out`` (mode ``none``: evaluate only).
+
+    ``stop_after`` ends the run (after writing a checkpoint) once that many steps are done, without
+    writing ``out``: a time-boxed run, continued later with ``resume=True``.
+    """
+    from nas.modeling import load_model
+    from nas.supernet.cut import load_supernet_for
+
+    config = config or FinetuneConfig()
+    start = time.perf_counter()
+    mode = config.adapter.mode
+    if mode != "none":
+        if out is None:
+            raise AnyshapeError("supernet train needs --out DIR for the trained supernet")
+        out = check_output_dir(out, overwrite=overwrite)
+    supernet, source, _ = load_supernet_for(supernet_dir, model=model)  # checks the base weights' sha256
+    if supernet.adapters is not None:
+        raise AnyshapeError(f"supernet {supernet_dir} is already trained ({supernet.adapters.get('mode')}); "
+                            "train from the untrained supernet it came from")
+    torch.manual_seed(config.seed)
+    net, family = load_model(source)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    vocab = int(source.config_dict().get("vocab_size") or 1 << 62)
+    train_batches, data_record = training_data(source.path, family, supernet, config, vocab)
+    heldout = heldout_data(source.path, family, supernet, vocab) if evaluate else []
+
+    losses: list[dict[str, float]] = []
+    steps_done = 0
+    smol: SMoL | None = None
+    if mode != "none" and config.steps > 0:
+        targets = [t for t, _ in lora_targets(net, family)]
+        smol = SMoL(supernet.space, targets, config.adapter, seed=config.seed)
+        sampler = ShapeSampler(supernet, config.seed)
+        noise = torch.Generator().manual_seed(config.seed + 1)
+        optimizer = torch.optim.AdamW(smol.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        assert out is not None
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(Path(out))
+        if resume:
+            steps_done, losses = load_checkpoint(ckpt, config, supernet.sha256(), smol, optimizer, sampler, noise)
+        elif (ckpt / STATE_FILE).exists():
+            raise AnyshapeError(f"{ckpt} holds a checkpoint of an earlier run; pass --resume to continue it "
+                                "or remove it to start over")
+        references = encoder_references(net, family, train_batches)
+        smol.train()
+        bar = _progress(config.steps, steps_done, mode, progress)
+        try:
+            for step in range(steps_done, config.steps):
+                if stop_after is not None and step >= stop_after:
+                    break
+                b = batch_index(step, len(train_batches), config.seed)
+                optimizer.zero_grad(set_to_none=True)
+                shapes = sampler.sandwich(config.num_random)
+                step_losses = sandwich_step(net, family, supernet, smol, shapes, train_batches[b],
+                                            references[b] if references else None, config, noise)
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(smol.parameters(), config.max_grad_norm)
+                optimizer.step()
+                losses.append(step_losses)
+                steps_done = step + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(largest=f"{step_losses['largest']:.4f}", smallest=f"{step_losses['smallest']:.4f}")
+                if config.checkpoint_every and steps_done % config.checkpoint_every == 0:
+                    save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise)
+        finally:
+            if bar is not None:
+                bar.close()
+        if stop_after is not None and steps_done < config.steps:
+            save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise)
+            return TrainResult(out=None, seconds=time.perf_counter() - start, steps=steps_done, losses=losses)
+        smol.eval()
+    train_seconds = time.perf_counter() - start
+
+    result = TrainResult(out=None, seconds=train_seconds, steps=steps_done, losses=losses)
+    if evaluate:
+        result.heldout, result.shapes = evaluate_shapes(net, family, supernet, smol, heldout)
+    if mode == "none" or out is None:
+        return result
+    assert smol is not None
+    section = {
+        "format": ADAPTERS_FORMAT, "mode": mode, "config": config.adapter.to_dict(), "file": "adapters.safetensors",
+        "gate": {"input": "layer-active mask (L) + width fractions (heads, kv_heads, ffn)",
+                 "architecture": f"Linear({supernet.space.num_layers + 3},{config.adapter.gate_hidden})-Tanh-"
+                                 f"Linear({config.adapter.gate_hidden},{supernet.space.num_layers}x{config.adapter.num_experts})",
+                 "routing": f"per base layer top-{config.adapter.top_k} softmax; noise in training only"},
+        "training": {**config.to_dict(), "steps_done": steps_done}, "data": data_record,
+        "base_sha256": supernet.base_sha256, "parent_supernet_sha256": supernet.sha256(),
+        "targets": targets_to_json(smol.targets),
+    }
+    trained = replace(supernet, adapters=section, adapter_tensors=adapter_tensors(smol))
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        trained.save(tmp)
+        write_json_atomic(tmp / TRAIN_LOG_FILE, {"seconds": round(train_seconds, 2), "threads": torch.get_num_threads(),
+                                                 "steps": steps_done, "mean_losses": mean_losses(losses),
+                                                 "losses": losses, "heldout": result.heldout})
+    result.out = Path(out)
+    return result
+
+
+# ---- data ------------------------------------------------------------------------------------
+def training_data(model_path: Path, family: Any, supernet: Any, config: FinetuneConfig, vocab: int) -> tuple[list[Batch], dict[str, Any]]:
+    """Training batches from the calibration pool (or ``config.data``), never the held-out pool."""
+    from nas.supernet.calibration import CalibrationConfig, prepare_data
+
+    base = dict(supernet.build_config.get("calibration") or {})
+    seq_len = config.seq_len or int(base.get("seq_len") or 128)
+    calib = CalibrationConfig(calib_text=config.data, num_calib=config.num_train, num_heldout=1, seq_len=seq_len,
+                              batch_size=config.batch_size, seed=config.seed)
+    data = prepare_data(model_path, family, calib, vocab)
+    record = {k: data.record[k] for k in ("corpus", "seed", "seq_len", "num_calib", "calib_tokens", "calib_sha256")}
+    return data.calib, record
+
+
+def heldout_data(model_path: Path, family: Any, supernet: Any, vocab: int) -> list[Batch]:
+    """The supernet's own held-out batches (rebuilt from its calibration record), as the search uses."""
+    from nas.supernet.calibration import CalibrationConfig, prepare_data
+
+    calib = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
+    data = prepare_data(model_path, family, calib, vocab)
+    if data.record.get("heldout_sha256") != (supernet.calibration or {}).get("heldout_sha256"):
+        raise AnyshapeError("the held-out data rebuilt from the supernet's record differs from the one it was built with")
+    return data.heldout
+
+
+def batch_index(step: int, n: int, seed: int) -> int:
+    """Batch of ``step``: position ``step % n`` of a permutation seeded by (seed, epoch)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step // n)
+    return int(torch.randperm(n, generator=gen)[step % n])
+
+
+@torch.no_grad()
+def encoder_references(net: Any, family: Any, batches: list[Batch]) -> list[torch.Tensor]:
+    """Encoders: the frozen full model's last hidden state per training batch (the task target)."""
+    from nas.supernet.evaluate import run
+
+    if family.kind != "encoder":
+        return []
+    return [run(net, family, b).last_hidden_state for b in batches]
+
+
+def evaluate_shapes(net: Any, family: Any, supernet: Any, smol: SMoL | None,
+                    heldout: list[Batch]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """Held-out metrics of the largest, three middle and the smallest shape, with merged adapters."""
+    from nas.cuts import plan_cuts
+    from nas.finetune.apply import shape_hooks
+    from nas.supernet.evaluate import SubnetEvaluator
+
+    evaluator = SubnetEvaluator(net, family, supernet.space, heldout)
+    metrics: dict[str, dict[str, float]] = {}
+    shapes: dict[str, dict[str, Any]] = {}
+    for name, shape in eval_shapes(supernet).items():
+        cuts = plan_cuts(supernet.space, shape, supernet.orders)
+        hooks = shape_hooks(supernet, family, smol, shape, cuts)
+        assert shape.layers is not None
+        metrics[name] = evaluator.score(tuple(shape.layers), cuts=cuts, hooks=hooks).metrics
+        shapes[name] = {"depth": len(shape.layers), "heads": shape.heads, "kv_heads": shape.kv_heads, "ffn": shape.ffn}
+    return metrics, shapes
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+def save_checkpoint(directory: Path, config: FinetuneConfig, supernet_sha: str, step: int, losses: list[dict[str, float]],
+                    smol: SMoL, optimizer: torch.optim.Optimizer, sampler: ShapeSampler, noise: torch.Generator) -> None:
+    """Write ``state.pt`` atomically (temporary file, fsync, rename)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "config": config.to_dict(), "supernet_sha256": supernet_sha, "losses": losses,
+             "smol": smol.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
+             "noise": noise.get_state(), "torch_rng": torch.get_rng_state()}
+    tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / STATE_FILE)
+
+
+def load_checkpoint(directory: Path, config: FinetuneConfig, supernet_sha: str, smol: SMoL, optimizer: torch.optim.Optimizer,
+                    sampler: ShapeSampler, noise: torch.Generator) -> tuple[int, list[dict[str, float]]]:
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise AnyshapeError(f"--resume: no checkpoint at {path}; start without --resume")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["supernet_sha256"] != supernet_sha:
+        raise AnyshapeError(f"--resume: the checkpoint at {path} is for another supernet")
+    if state["config"] != config.to_dict():
+        changed = sorted(k for k in state["config"] if state["config"][k] != config.to_dict().get(k))
+        raise AnyshapeError(f"--resume: the checkpoint at {path} was made with different settings ({', '.join(changed)})")
+    smol.load_state_dict(state["smol"])
+    optimizer.load_state_dict(state["optimizer"])
+    sampler.set_state(state["sampler"])
+    noise.set_state(state["noise"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["losses"])
+
+
+def _progress(total: int, initial: int, mode: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"supernet train ({mode})", unit="step")
