@@ -33,6 +33,25 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return path
 
 
+def load_mapping_arg(text: str, option: str, example: str) -> Any:
+    """A command-line value given as inline JSON or as a path to a JSON / YAML file."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise AnyshapeError(f"{option} is not valid JSON: {e.msg} at column {e.colno}") from None
+    path = Path(text)
+    if not path.is_file():
+        raise AnyshapeError(f"{option} must be inline JSON like '{example}' or a file; {text!r} is neither")
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise AnyshapeError(f"{option} file {path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

@@ -52,7 +52,7 @@ def export_onnx(model_dir: Path, family: ModelFamily, out_path: Path) -> dict[st
     seq = torch.export.Dim("seq", min=2, max=int(getattr(config, "max_position_embeddings", 4096) or 4096))
     dynamic = {name: {0: batch, 1: seq} for name in inputs}
     try:
-        with _quiet():
+        with quiet_export():
             program = torch.onnx.export(
                 wrapper,
                 (),
@@ -96,7 +96,7 @@ def _opset(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def _quiet() -> Any:
+def quiet_export() -> Any:
     """The dynamo exporter prints progress to stdout and warns a lot; keep the CLI's output clean."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
     levels = [lg.level for lg in loggers]

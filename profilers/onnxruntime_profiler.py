@@ -7,13 +7,8 @@ Exported graphs live in a temporary directory for the point's measurement only.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -123,10 +118,12 @@ def export_block(block: BuiltBlock, path: Path) -> Path:
     """Export ``block`` with its example input shapes to ``path`` (external data for big graphs)."""
     import torch
 
+    from nas.onnx_export import quiet_export
+
     params = sum(p.numel() * p.element_size() for p in block.module.parameters())
     external = params > _EXTERNAL_DATA_BYTES
     try:
-        with _quiet():
+        with quiet_export():
             program = torch.onnx.export(
                 block.module, block.inputs, input_names=list(block.input_names), dynamo=True, external_data=external
             )
@@ -136,18 +133,3 @@ def export_block(block: BuiltBlock, path: Path) -> Path:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AnyshapeError(f"ONNX export of a {type(block.module).__name__} block failed: {first}") from None
     return path
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

@@ -367,26 +367,9 @@ def _progress(total: int, done: int, label: str, enabled: bool) -> Any:
 
 def grid_from_text(text: str) -> GridConfig:
     """``--grid``: inline JSON or a JSON / YAML file with :class:`GridConfig` fields."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            raise AnyshapeError(f"--grid is not valid JSON: {e.msg} at column {e.colno}") from None
-    else:
-        path = Path(text)
-        if not path.is_file():
-            raise AnyshapeError(f"--grid must be inline JSON like '{{\"ffn_steps\": 4}}' or a file; {text!r} is neither")
-        raw = path.read_text()
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError:
-            try:
-                import yaml
+    from nas._io import load_mapping_arg
 
-                data = yaml.safe_load(raw)
-            except Exception as e:
-                raise AnyshapeError(f"--grid file {path} is not valid JSON/YAML: {str(e).splitlines()[0]}") from None
+    data = load_mapping_arg(text, "--grid", '{"ffn_steps": 4}')
     return GridConfig.from_dict(data)
 
 
