@@ -98,13 +98,14 @@ class SMoL(nn.Module):
         Deterministic unless the module is in training mode and a ``noise`` generator is given.
         """
         L, K = self.space.num_layers, self.config.num_experts
+        device = next(iter(self.A.values())).device
         if self.gate is None:
-            return torch.ones(L, K)
-        logits = self.gate(shape_features(self.space, shape)).view(L, K)  # (L, K)
+            return torch.ones(L, K, device=device)
+        logits = self.gate(shape_features(self.space, shape).to(device)).view(L, K)  # (L, K)
         if self.training and noise is not None and self.config.gate_noise > 0:
-            logits = logits + self.config.gate_noise * torch.randn(L, K, generator=noise)
+            logits = logits + self.config.gate_noise * torch.randn(L, K, generator=noise).to(device)
         top, index = logits.topk(self.config.top_k, dim=-1)  # (L, k)
-        return torch.zeros(L, K).scatter(-1, index, torch.softmax(top, dim=-1))
+        return torch.zeros(L, K, device=device).scatter(-1, index, torch.softmax(top, dim=-1))
 
     # ---- merged form -------------------------------------------------------------------------
     def delta(self, target: Target, weights: torch.Tensor) -> torch.Tensor:
@@ -181,7 +182,7 @@ def adapted(model: nn.Module, family: ModelFamily, smol: SMoL | None, shape: Sha
 
 def adapter_tensors(smol: SMoL) -> dict[str, torch.Tensor]:
     """The SMoL state dict as contiguous fp32 tensors (for ``adapters.safetensors``)."""
-    return {k: v.detach().float().contiguous() for k, v in smol.state_dict().items()}
+    return {k: v.detach().float().cpu().contiguous() for k, v in smol.state_dict().items()}
 
 
 def smol_from_tensors(space: ShapeSpace, targets: list[Target], config: AdapterConfig,

@@ -8,10 +8,15 @@ checkpoint (every ``checkpoint_every`` steps, written atomically) holds the adap
 the optimizer, the sampler / noise / torch RNG states and the step, so a resumed run ends
 bit-identical to an uninterrupted one and a crash loses at most one interval.
 
-Multi-GPU (not verified here: this machine has no GPU): the loop is one process; for big models
-run one process per GPU under ``accelerate launch`` or ``torchrun`` with the base model sharded
-or replicated and the SMoL gradients all-reduced (DDP over the ``SMoL`` module; the base is
-frozen). That wrapper is not written yet.
+Several processes (data parallel): launched by ``torchrun --nproc_per_node N`` (or ``accelerate
+launch``, which sets the same ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` variables), each process
+holds a replica of the frozen base model (on ``cuda:LOCAL_RANK`` when CUDA is available, else
+the CPU with the gloo backend), trains the same sandwich shapes on its own batch (global batch
+index ``step * world + rank``) and all-reduces the adapter and gate gradients (mean) before the
+step; rank 0 alone writes checkpoints, the output and the evaluation, and the run ends with a
+check that every rank holds the same adapters. Verified here on CPU with gloo (2 processes);
+the CUDA/NCCL path is the same code but has not been run (no GPU on this machine). The base
+model is replicated, not sharded: it must fit one device.
 """
 
 from __future__ import annotations
@@ -81,20 +86,24 @@ def train_supernet(
     if supernet.adapters is not None:
         raise AnyshapeError(f"supernet {supernet_dir} is already trained ({supernet.adapters.get('mode')}); "
                             "train from the untrained supernet it came from")
+    rank, world, device = distributed()
     torch.manual_seed(config.seed)
     net, family = load_model(source)
     for p in net.parameters():
         p.requires_grad_(False)
+    net.to(device)
     vocab = int(source.config_dict().get("vocab_size") or 1 << 62)
     train_batches, data_record = training_data(source.path, family, supernet, config, vocab)
-    heldout = heldout_data(source.path, family, supernet, vocab) if evaluate else []
+    train_batches = [{k: v.to(device) for k, v in b.items()} for b in train_batches]
+    evaluate = evaluate and rank == 0
+    heldout = [{k: v.to(device) for k, v in b.items()} for b in heldout_data(source.path, family, supernet, vocab)] if evaluate else []
 
     losses: list[dict[str, float]] = []
     steps_done = 0
     smol: SMoL | None = None
     if mode != "none" and config.steps > 0:
         targets = [t for t, _ in lora_targets(net, family)]
-        smol = SMoL(supernet.space, targets, config.adapter, seed=config.seed)
+        smol = SMoL(supernet.space, targets, config.adapter, seed=config.seed).to(device)
         sampler = ShapeSampler(supernet, config.seed)
         noise = torch.Generator().manual_seed(config.seed + 1)
         optimizer = torch.optim.AdamW(smol.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -107,16 +116,18 @@ def train_supernet(
                                 "or remove it to start over")
         references = encoder_references(net, family, train_batches)
         smol.train()
-        bar = _progress(config.steps, steps_done, mode, progress)
+        bar = _progress(config.steps, steps_done, mode, progress and rank == 0)
         try:
             for step in range(steps_done, config.steps):
                 if stop_after is not None and step >= stop_after:
                     break
-                b = batch_index(step, len(train_batches), config.seed)
+                b = batch_index(step * world + rank, len(train_batches), config.seed)
                 optimizer.zero_grad(set_to_none=True)
                 shapes = sampler.sandwich(config.num_random)
                 step_losses = sandwich_step(net, family, supernet, smol, shapes, train_batches[b],
                                             references[b] if references else None, config, noise)
+                if world > 1:
+                    all_reduce_gradients(smol, world)
                 if config.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(smol.parameters(), config.max_grad_norm)
                 optimizer.step()
@@ -125,13 +136,16 @@ def train_supernet(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(largest=f"{step_losses['largest']:.4f}", smallest=f"{step_losses['smallest']:.4f}")
-                if config.checkpoint_every and steps_done % config.checkpoint_every == 0:
+                if config.checkpoint_every and steps_done % config.checkpoint_every == 0 and rank == 0:
                     save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise)
         finally:
             if bar is not None:
                 bar.close()
+        if world > 1:
+            check_in_sync(smol)
         if stop_after is not None and steps_done < config.steps:
-            save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise)
+            if rank == 0:
+                save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise)
             return TrainResult(out=None, seconds=time.perf_counter() - start, steps=steps_done, losses=losses)
         smol.eval()
     train_seconds = time.perf_counter() - start
@@ -139,7 +153,7 @@ def train_supernet(
     result = TrainResult(out=None, seconds=train_seconds, steps=steps_done, losses=losses)
     if evaluate:
         result.heldout, result.shapes = evaluate_shapes(net, family, supernet, smol, heldout)
-    if mode == "none" or out is None:
+    if mode == "none" or out is None or rank != 0:
         return result
     assert smol is not None
     section = {
@@ -156,10 +170,51 @@ def train_supernet(
     with atomic_directory(out, overwrite=overwrite) as tmp:
         trained.save(tmp)
         write_json_atomic(tmp / TRAIN_LOG_FILE, {"seconds": round(train_seconds, 2), "threads": torch.get_num_threads(),
+                                                 "world_size": world, "device": str(device),
                                                  "steps": steps_done, "mean_losses": mean_losses(losses),
                                                  "losses": losses, "heldout": result.heldout})
     result.out = Path(out)
     return result
+
+
+# ---- processes -------------------------------------------------------------------------------
+def distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group under torchrun / accelerate."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def all_reduce_gradients(smol: SMoL, world: int) -> None:
+    """Mean of every adapter / gate gradient over the processes (parameters without a gradient count as 0)."""
+    import torch.distributed as dist
+
+    for p in smol.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
+def check_in_sync(smol: SMoL) -> None:
+    """Every rank must hold the same adapters after training (else a rank skipped a reduction)."""
+    import torch.distributed as dist
+
+    total = torch.stack([p.detach().double().sum() for p in smol.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"adapters differ between ranks after training: {[float(g) for g in gathered]}")
 
 
 # ---- data ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The real search problem: a supernet's shapes, held-out accuracy, a table's latency predictor.
 
-Accuracy is the supernet's own masked forward on the held-out batches of its calibration
-record (the same data in every worker, rebuilt from the recorded config): perplexity for
+Accuracy is the supernet's own masked forward (with a trained supernet's adapters merged for
+the shape) on the held-out batches of its calibration record (the same data in every worker, rebuilt from the recorded config): perplexity for
 decoders (minimised), mean cosine to the full model's sentence embeddings for encoders
 (maximised). Latency is the predictor of the device/runtime table for the base model.
 """
@@ -9,7 +9,7 @@ decoders (minimised), mean cosine to the full model's sentence embeddings for en
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,19 +31,20 @@ class HeldoutAccuracy:
     family: Any
     metric: str
     direction: Literal["maximize", "minimize"]
+    smol: Any = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        from nas.finetune.smol import smol_from_supernet
+
+        self.smol = smol_from_supernet(self.supernet)  # a trained supernet's adapters (None: untrained)
 
     def __call__(self, shape: Shape) -> float:
         from nas.cuts import plan_cuts
+        from nas.finetune.apply import shape_hooks
 
         assert shape.layers is not None
         cuts = plan_cuts(self.supernet.space, shape, self.supernet.orders)
-        hooks = None
-        if self.supernet.bias_compensation:
-            from nas.supernet import width
-            from nas.supernet.cut import compensation_shifts
-
-            shifts = compensation_shifts(self.supernet, self.model, self.family, cuts)
-            hooks = lambda m: width.compensated(m, self.family, shifts)  # noqa: E731
+        hooks = shape_hooks(self.supernet, self.family, self.smol, shape, cuts)  # merged adapters, bias compensation
         score = self.evaluator.score(tuple(shape.layers), cuts=cuts, hooks=hooks)
         return float(score.metrics[self.metric])
 
