@@ -277,3 +277,29 @@ def test_two_process_data_parallel_run_on_cpu(supernet_of: Callable[[str], Path]
                             progress=False)
     assert single.steps == 4  # one process reads other batches, so its adapters differ; both runs complete
     assert (tmp_path / "out" / "adapters.safetensors").read_bytes() != (tmp_path / "one" / "adapters.safetensors").read_bytes()
+
+
+def test_cli_train_inspect_extract(supernet_of: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from nas.cli import main
+
+    sn = str(supernet_of("llama"))
+    out = tmp_path / "trained"
+    assert main(["supernet", "train", sn, "--out", str(out), "--steps", "2", "--batch-size", "2", "--num-train", "4",
+                 "--num-random", "1", "--experts", "3", "--rank", "4", "--checkpoint-every", "1", "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 2 and set(result["heldout"]) == {"largest", "mid-75", "mid-50", "mid-25", "smallest"}
+    assert (tmp_path / "trained.checkpoint" / "state.pt").is_file()
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["adapters"]["mode"] == "smol" and info["adapters"]["config"]["num_experts"] == 3
+    # a trained supernet cannot be trained again; --adapter smol needs --out; wrong values name the field
+    assert main(["supernet", "train", str(out), "--out", str(tmp_path / "again"), "--no-progress"]) == 1
+    assert "already trained" in capsys.readouterr().err
+    assert main(["supernet", "train", sn, "--no-progress"]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert main(["supernet", "train", sn, "--out", str(tmp_path / "x"), "--top-k", "9", "--no-progress"]) == 1
+    assert "top_k" in capsys.readouterr().err
+    assert main(["extract", "--supernet", str(out), "--shape", '{"depth": 2, "ffn": 24}', "--out", str(tmp_path / "sub")]) == 0
+    assert json.loads((tmp_path / "sub" / "config.json").read_text())["num_hidden_layers"] == 2
