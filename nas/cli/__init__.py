@@ -14,12 +14,12 @@ from nas.cli import (  # noqa: F401  (commands register on import)
     extract_cmd,
     inspect_cmd,
     predictor_cmd,
+    profile_cmd,
     quickstart_cmd,
     search_cmd,
     serve_cmd,
     supernet_cmd,
 )
-from nas.cli import profile_cmd  # noqa: F401  (anyshape profile, anyshape tables)
 from nas.cli._app import app
 from nas.errors import AnyshapeError
 
