@@ -294,6 +294,11 @@ def test_cli_train_inspect_extract(supernet_of: Callable[[str], Path], tmp_path:
     assert main(["inspect", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["adapters"]["mode"] == "smol" and info["adapters"]["config"]["num_experts"] == 3
+    trained = Supernet.load(out)  # the trained artifact round-trips: same json, same adapter bytes, same sha256
+    (tmp_path / "copy").mkdir()
+    trained.save(tmp_path / "copy")
+    again = Supernet.load(tmp_path / "copy")
+    assert again == trained and again.to_json() == trained.to_json() and again.sha256() == trained.sha256()
     # a trained supernet cannot be trained again; --adapter smol needs --out; wrong values name the field
     assert main(["supernet", "train", str(out), "--out", str(tmp_path / "again"), "--no-progress"]) == 1
     assert "already trained" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def train_supernet(
                 optimizer.zero_grad(set_to_none=True)
                 shapes = sampler.sandwich(config.num_random)
                 step_losses = sandwich_step(net, family, supernet, smol, shapes, train_batches[b],
-                                            references[b] if references else None, config, noise)
+                                            references(b), config, noise)
                 if world > 1:
                     all_reduce_gradients(smol, world)
                 if config.max_grad_norm > 0:
@@ -248,14 +249,22 @@ def batch_index(step: int, n: int, seed: int) -> int:
     return int(torch.randperm(n, generator=gen)[step % n])
 
 
-@torch.no_grad()
-def encoder_references(net: Any, family: Any, batches: list[Batch]) -> list[torch.Tensor]:
-    """Encoders: the frozen full model's last hidden state per training batch (the task target)."""
+def encoder_references(net: Any, family: Any, batches: list[Batch]) -> Callable[[int], torch.Tensor | None]:
+    """Encoders: the frozen full model's last hidden state of training batch ``b`` (the task target),
+    computed on first use and kept; decoders: None."""
     from nas.supernet.evaluate import run
 
-    if family.kind != "encoder":
-        return []
-    return [run(net, family, b).last_hidden_state for b in batches]
+    cache: dict[int, torch.Tensor] = {}
+
+    def reference(b: int) -> torch.Tensor | None:
+        if family.kind != "encoder":
+            return None
+        if b not in cache:
+            with torch.no_grad():
+                cache[b] = run(net, family, batches[b]).last_hidden_state
+        return cache[b]
+
+    return reference
 
 
 def evaluate_shapes(net: Any, family: Any, supernet: Any, smol: SMoL | None,
