@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from test_service_support import FAKE, TOKEN, auth, run_body, server_thread, wait_until
+from test_service_support import DEVICE, FAKE, TOKEN, auth, run_body, server_thread, wait_until
 
 from nas.config import SubnetConfig
 from nas.errors import AnyshapeError
@@ -102,7 +102,7 @@ def test_download_config_yaml_and_json(url):
 
 
 def recommend(url, client=httpx, **body):
-    base = {"device": "cpu", "runtime": "torch", "workload": "prefill:b1:s128"}
+    base = {"device": DEVICE, "runtime": "torch", "workload": "prefill:b1:s128"}
     return client.post(f"{url}/recommend", json={**base, **body})
 
 
@@ -127,16 +127,16 @@ def test_recommend_best_config_with_reasons(url, studies):
     # another workload is another study
     assert recommend(url, latency_budget_ms=1e6, workload="decode:b1:c256").json()["study"] == "dec"
     r = recommend(url, latency_budget_ms=10, device="jetson-orin-nano-8gb").json()
-    assert r["found"] is False and r["candidates"] == 0 and "cpu/torch/prefill:b1:s128" in r["reason"]
+    assert r["found"] is False and r["candidates"] == 0 and f"{DEVICE}/torch/prefill:b1:s128" in r["reason"]
 
 
 @pytest.mark.parametrize(
     "body, status, message",
     [
-        ({"device": "cpu", "runtime": "torch"}, 422, "latency_budget_ms"),
-        ({"device": "cpu", "runtime": "torch", "latency_budget_ms": -1}, 422, "greater than 0"),
-        ({"device": "cpu", "runtime": "torch", "latency_budget_ms": 1, "workload": "prefill:b1:c9"}, 400, "prefill takes s"),
-        ({"device": "cpu", "runtime": "torch", "latency_budget_ms": 1, "surprise": 1}, 422, "surprise"),
+        ({"device": DEVICE, "runtime": "torch"}, 422, "latency_budget_ms"),
+        ({"device": DEVICE, "runtime": "torch", "latency_budget_ms": -1}, 422, "greater than 0"),
+        ({"device": DEVICE, "runtime": "torch", "latency_budget_ms": 1, "workload": "prefill:b1:c9"}, 400, "prefill takes s"),
+        ({"device": DEVICE, "runtime": "torch", "latency_budget_ms": 1, "surprise": 1}, 422, "surprise"),
         ([1, 2], 422, "valid dictionary"),
     ],
 )

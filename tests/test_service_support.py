@@ -16,6 +16,10 @@ from typing import Any
 
 import httpx
 
+from profilers.environment import cpu_slug
+
+DEVICE = cpu_slug()  # studies made with SearchConfig defaults are for this CPU
+
 TOKEN = "test-token-0123456789abcdef"
 FAKE = "nas.search.testing:fake_problem"
 
@@ -94,7 +98,7 @@ def auth(token: str = TOKEN) -> dict[str, str]:
 
 
 def run_body(study: str, trials: int, **kwargs: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"study": study, "trials": trials, "factory": FAKE, "device": "cpu", "runtime": "torch",
+    body: dict[str, Any] = {"study": study, "trials": trials, "factory": FAKE, "device": DEVICE, "runtime": "torch",
                             "workload": "prefill:b1:s128", "seed": 3}
     body.update(kwargs)
     return body
