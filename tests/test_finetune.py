@@ -86,6 +86,9 @@ def test_gate_is_deterministic_at_eval_and_noisy_only_in_training(supernet_of: C
     sn = Supernet.load(supernet_of("llama"))
     smol, _, _ = _smol(sn)
     shapes = list(eval_shapes(sn).values())
+    same = [SMoL(sn.space, smol.targets, AdapterConfig(), seed=s).state_dict() for s in (4, 4, 5)]
+    assert all(torch.equal(same[0][k], same[1][k]) for k in same[0])  # seeded init
+    assert not all(torch.equal(same[0][k], same[2][k]) for k in same[0])
     smol.eval()
     for shape in shapes:
         a = smol.routing(shape, torch.Generator().manual_seed(1))
