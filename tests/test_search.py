@@ -171,22 +171,28 @@ run_search(cfg, progress=False)
 """
 
 
+def count_complete_readonly(db) -> int:
+    """Finished trials, read without creating anything (a reader that opened an Optuna storage
+    while the child was still creating its schema could make the child fail)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+            return int(connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def test_killed_search_resumes_keeping_finished_trials(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(tmp_path), "40", "0.15"], env=env)
     cfg = config(tmp_path, study="k", trials=40, seed=5, factory_args={"delay_s": 0.15})
     deadline = time.time() + 120
-    finished = []
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None and count_complete_readonly(tmp_path / "k" / "study.db") < 6:
         time.sleep(0.5)
-        try:
-            finished = complete(load_study(cfg.storage_url, "k"))
-        except AnyshapeError:
-            continue
-        if len(finished) >= 6:
-            break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    finished = complete(load_study(cfg.storage_url, "k"))
     assert 6 <= len(finished) < 40
     kept = {t.number: t.values for t in finished}
     result = run_search(cfg, progress=False)
