@@ -15,7 +15,7 @@ from nas.families.qwen2 import Qwen2Family
 #: Every supported family; adding one is one file and one line here.
 FAMILIES: tuple[ModelFamily, ...] = (LlamaFamily(), Qwen2Family(), MistralFamily(), BertFamily())
 
-__all__ = ["FAMILIES", "Axis", "ModelFamily", "family_for", "family_by_name", "supported_model_types"]
+__all__ = ["FAMILIES", "Axis", "ModelFamily", "family_by_name", "family_for", "supported_model_types"]
 
 
 def supported_model_types() -> list[str]:
