@@ -151,19 +151,24 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
             engine_kwargs["creator"] = functools.partial(_sqlite_connect, parsed.database)
     else:
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        with _quiet_experimental():
-            kwargs: dict[str, Any] = {}
-            if heartbeat:
-                kwargs = dict(
-                    heartbeat_interval=HEARTBEAT_S,
-                    grace_period=GRACE_S,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-                )
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as e:  # driver missing, host unreachable, bad credentials: one clear line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AnyshapeError(f"cannot open study storage {parsed.render_as_string(hide_password=True)}: {first}") from None
+    for attempt in range(3):
+        try:
+            with _quiet_experimental():
+                kwargs: dict[str, Any] = {}
+                if heartbeat:
+                    kwargs = dict(
+                        heartbeat_interval=HEARTBEAT_S,
+                        grace_period=GRACE_S,
+                        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                    )
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except Exception as e:  # driver missing, host unreachable, bad credentials: one clear line
+            if "already exists" in str(e) and attempt < 2:
+                time.sleep(0.5 * (attempt + 1))  # another process is creating the schema right now
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AnyshapeError(f"cannot open study storage {parsed.render_as_string(hide_password=True)}: {first}") from None
+    raise AssertionError("unreachable")
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
