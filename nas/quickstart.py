@@ -69,7 +69,7 @@ def run_quickstart(
     from nas.search.export import export_study, load_study, pareto_trials
     from nas.search.run import SearchConfig, run_search
     from nas.supernet.artifact import Supernet
-    from nas.verify import _measure_latency, verify
+    from nas.verify import measure_latency, verify
     from profilers.environment import cpu_slug
 
     if not 0 < budget_fraction <= 1:
@@ -130,7 +130,7 @@ def run_quickstart(
 
     source = resolve_model(model)
     _, family = load_model(source)
-    full_measured = _measure_latency(source, family, full, workload, runtime, "cpu", None)
+    full_measured = measure_latency(source, family, full, workload, runtime, "cpu", None)
     seconds["verify"] = time.perf_counter() - t
     return QuickstartResult(
         out=out, device=device, runtime=runtime, workload=workload.name, budget_ms=budget_ms, supernet=supernet_dir,

@@ -10,7 +10,6 @@ study attribute ``verified`` under the trial's number (finished trials are read-
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -85,9 +84,10 @@ def verify(
         with torch.no_grad():
             evaluator = SubnetEvaluator(base, family, supernet.space, data.heldout)
             extracted, _ = load_model(str(target))
-            metric, measured_accuracy = _score_extracted(evaluator, extracted, family.kind)
+            metric = "perplexity" if family.kind == "decoder" else "cosine"
+            measured_accuracy = evaluator.score_model(extracted).metrics[metric]
         del base, extracted
-        measurement = _measure_latency(source_model, family, shape, workload, runtime, kind, protocol)
+        measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol)
 
     objectives = _deep_copy(config.objectives)
     accuracy = objectives.setdefault("accuracy", {})
@@ -138,22 +138,8 @@ def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str
     return f"{device}/{runtime}/{workload.name}", workload, None, None
 
 
-def _score_extracted(evaluator: Any, model: Any, kind: str) -> tuple[str, float]:
-    """The search's accuracy metric for an extracted model, on the evaluator's batches and references."""
-    from nas.supernet.evaluate import run
-
-    totals, counts = 0.0, 0.0
-    for b, batch in enumerate(evaluator.batches):
-        total, count, _ = evaluator._batch_loss(b, batch, run(model, evaluator.family, batch))
-        totals += total
-        counts += count
-    loss = totals / counts
-    if kind == "decoder":
-        return "perplexity", math.exp(min(loss, 50.0))
-    return "cosine", 1.0 - loss
-
-
-def _measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any) -> Any:
+def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any) -> Any:
+    """Whole-model latency of ``shape`` for ``workload``, with the profilers' runtime and protocol, on this device."""
     from profilers.blocks import ModelSpec
     from profilers.protocol import ProtocolConfig
     from profilers.run import make_profiler

@@ -204,3 +204,14 @@ def test_minilm_build_under_two_minutes(tmp_path: Path) -> None:
     assert rows[-1]["heldout"]["cosine"] == pytest.approx(1.0)
     losses = [r["heldout_loss"] for r in rows]
     assert losses == sorted(losses, reverse=True)  # more layers, closer to the full model
+
+
+def test_score_model_of_the_base_equals_its_full_score(tok_model: Callable[[str], Path]) -> None:
+    model, family = load_model(str(tok_model("llama")))
+    from nas.hub import load_config_dict
+    from nas.supernet.calibration import prepare_data
+
+    space = family.space(load_config_dict(tok_model("llama")))
+    data = prepare_data(tok_model("llama"), family, SMALL, 96)
+    evaluator = SubnetEvaluator(model, family, space, data.heldout)
+    assert abs(evaluator.score_model(model).loss - evaluator.full_score().loss) <= 1e-9

@@ -131,23 +131,31 @@ def build_problem(config: SearchConfig) -> SearchProblem:
     return factory(config)
 
 
-def make_storage(url: str, *, heartbeat: bool = True) -> Any:
-    """An Optuna RDB storage for ``url``, with heartbeats so killed workers' trials are retried."""
-    import optuna
+def parse_db_url(url: str, option: str, example: str) -> Any:
+    """A SQLAlchemy URL, or a one-line error; a SQLite file's folder is created."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise AnyshapeError(f"--storage {url!r} is not a database URL (like sqlite:///path.db or postgresql://host/db)") from None
+        raise AnyshapeError(f"{option} {url!r} is not a database URL (like {example} or postgresql://host/db)") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        try:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AnyshapeError(f"cannot create the folder of {parsed.database}: {e.strerror}") from None
+    return parsed
+
+
+def make_storage(url: str, *, heartbeat: bool = True) -> Any:
+    """An Optuna RDB storage for ``url``, with heartbeats so killed workers' trials are retried."""
+    import optuna
+
+    parsed = parse_db_url(url, "--storage", "sqlite:///path.db")
     engine_kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            try:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise AnyshapeError(f"cannot create the folder of {parsed.database}: {e.strerror}") from None
             engine_kwargs["creator"] = functools.partial(_sqlite_connect, parsed.database)
     else:
         engine_kwargs["pool_pre_ping"] = True

@@ -73,19 +73,12 @@ class RunStore:
 
     def __init__(self, url: str, *, table: str = "anyshape_runs"):
         import sqlalchemy as sa
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
 
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise AnyshapeError(f"--db {url!r} is not a database URL (like sqlite:///studies/service.db or postgresql://host/db)") from None
+        from nas.search.run import parse_db_url
+
+        parsed = parse_db_url(url, "--db", "sqlite:///studies/service.db")
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                from pathlib import Path
-
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True

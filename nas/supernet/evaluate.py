@@ -131,6 +131,19 @@ class SubnetEvaluator:
             metrics = {"cosine": 1.0 - loss, "hidden_error": sum(extra["hidden_error"]) / len(self.batches)}
         return Score(loss, metrics)
 
+    @torch.no_grad()
+    def score_model(self, model: nn.Module) -> Score:
+        """Score another model (e.g. an extracted checkpoint) on the same batches and references."""
+        totals, counts = 0.0, 0.0
+        for b, batch in enumerate(self.batches):
+            total, count, _ = self._batch_loss(b, batch, run(model, self.family, batch))
+            totals += total
+            counts += count
+        loss = totals / counts
+        if self.family.kind == "decoder":
+            return Score(loss, {"nll": loss, "perplexity": math.exp(min(loss, 50.0))})
+        return Score(loss, {"cosine": 1.0 - loss})
+
     def _subnet(
         self, all_layers: nn.ModuleList, run: tuple[int, ...], start: int, inject: _Inject | None, cuts: list[LayerCut] | None
     ) -> Any:
