@@ -5,7 +5,8 @@
 
 The summary reads each table's meta.json: build time (sum of its run segments, so a resumed
 run counts only measuring time), rows, file size, background CPU load while measuring, and for
-measured tables the median roofline / measured ratio on this CPU (roofs: the copy/read memory
+measured tables the reference probe's p10-p90 over the run, how far the slowest of the passes
+was from the fastest (median over points), and the median roofline / measured ratio on this CPU (roofs: the copy/read memory
 bandwidth and fp32 GEMM rate measured at the start of the run).
 """
 
@@ -21,13 +22,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 
-#: table name -> (--model, extra --grid per runtime), grids small enough for <= 10 minutes per table on 2 cores.
-MODELS: dict[str, tuple[str, dict[str, str | None]]] = {
-    "minilm": ("minilm", {"torch": None, "onnxruntime": None}),
-    "ref-llama-12l": ("ref-decoder", {"torch": None, "onnxruntime": None}),
+#: table name -> (--model, extra arguments per runtime): enough whole-model shapes for a predictor
+#: (~80 to fit, ~50 held out) where a table builds in reasonable time on 2 cores. ONNX Runtime
+#: exports every whole Qwen2.5-0.5B shape (~30-60 s each), so that table keeps a few.
+MINILM_GRID = '{"whole_model_samples": 130, "whole_model_ffn_steps": 32}'
+MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
+    "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, "--rounds", "5"], "onnxruntime": ["--grid", MINILM_GRID, "--rounds", "5"]}),
+    "ref-llama-12l": (
+        "ref-decoder",
+        {"torch": ["--grid", '{"whole_model_samples": 130}', "--rounds", "5"],
+         "onnxruntime": ["--grid", '{"whole_model_samples": 130}', "--rounds", "3"]},
+    ),
     "qwen2.5-0.5b": (
         "qwen2.5-0.5b",
-        {"torch": '{"whole_model_samples": 4}', "onnxruntime": '{"whole_model_samples": 3, "head_pairs": 7}'},
+        {"torch": ["--grid", '{"whole_model_samples": 90}', "--rounds", "1"],
+         "onnxruntime": ["--grid", '{"whole_model_samples": 3, "head_pairs": 7}', "--rounds", "1"]},
     ),
 }
 ESTIMATED_DEVICES = ("a5000", "jetson-agx-orin-64gb", "jetson-orin-nano-8gb")
@@ -41,10 +50,7 @@ def commands(out: str) -> list[list[str]]:
     for runtime in ("torch", "onnxruntime"):
         for name, (model, grids) in MODELS.items():
             cmd = [CLI, "profile", "--device", here, "--runtime", runtime, "--model", model, "--name", name, "--out", out]
-            grid = grids[runtime]
-            if grid:
-                cmd += ["--grid", grid]
-            cmds.append(cmd)
+            cmds.append(cmd + grids[runtime])
     for device in ESTIMATED_DEVICES:
         for name, (model, _) in MODELS.items():
             cmds.append([CLI, "profile", "--device", device, "--runtime", "torch", "--model", model, "--name", name,
@@ -75,6 +81,7 @@ def summary(out: str) -> list[dict[str, object]]:
         row: dict[str, object] = {k: info[k] for k in ("device", "runtime", "name", "source", "rows")}
         row["size_kb"] = round(int(info["size_bytes"]) / 1024, 1)
         row["build_s"] = row["load"] = row["roofline/measured"] = row["decode"] = row["prefill"] = "-"
+        row["probe_p10_p90"] = row["pass_spread"] = "-"
         try:
             table = load_table(info["path"], check_software=False)
         except Exception as e:  # show the table as broken, keep going
@@ -85,6 +92,12 @@ def summary(out: str) -> list[dict[str, object]]:
         if table.source == "measured":
             row["build_s"] = meta.get("build_seconds")
             row["load"] = meta.get("load", {}).get("background_cpu_share")
+            probe = (meta.get("reference") or {}).get("probe_ms_p10_p90")
+            if probe:
+                row["probe_p10_p90"] = f"{probe[0]:.3g}-{probe[1]:.3g} ms"
+            passes = meta.get("passes") or {}
+            if passes:
+                row["pass_spread"] = f"{passes['rounds']}x: {passes['slowest_over_fastest_median']:.1%}"
             bandwidth = meta.get("memory_bandwidth", {}).get("bound_gb_s")
             gflops = meta.get("matmul_gflops")
             if bandwidth and gflops:

@@ -102,11 +102,12 @@ def main() -> None:
     if args.verify:
         exported = export_study(config.storage_url, "bench", work / "pareto")
         step = max(1, len(exported.configs) // args.verify)
-        print("\n| config | predicted ms | measured ms (p50) | error | accuracy (search) | accuracy (extracted) |")
-        print("|---|---|---|---|---|---|")
+        print("\n| config | predicted ms | measured ms (p50) | error | at table speed ms | error | accuracy (search) | accuracy (extracted) |")
+        print("|---|---|---|---|---|---|---|---|")
         for path in exported.configs[::step][: args.verify]:
             v: Any = verify(path, device, args.runtime, storage=config.storage_url)
-            print(f"| {path.name} | {v.predicted_latency_ms:.4g} | {v.measured_latency_ms:.4g} | {v.latency_error:+.1%} | "
+            speed = "- | -" if v.measured_latency_ms_table_speed is None else f"{v.measured_latency_ms_table_speed:.4g} | {v.table_speed_error:+.1%}"
+            print(f"| {path.name} | {v.predicted_latency_ms:.4g} | {v.measured_latency_ms:.4g} | {v.latency_error:+.1%} | {speed} | "
                   f"{v.predicted_accuracy:.4g} | {v.measured_accuracy:.4g} |")  # fmt: skip
 
 

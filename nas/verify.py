@@ -38,12 +38,22 @@ class VerifyResult:
     seconds: float
     checkpoint: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: The measurement scaled to the machine speed the table was measured at (its reference probe),
+    #: the like-for-like number to set beside the prediction on a shared machine; None without a probe.
+    measured_latency_ms_table_speed: float | None = None
 
     @property
     def latency_error(self) -> float | None:
         if not self.predicted_latency_ms:
             return None
         return self.predicted_latency_ms / self.measured_latency_ms - 1.0
+
+    @property
+    def table_speed_error(self) -> float | None:
+        """Prediction error against the measurement scaled to the table's machine speed."""
+        if not self.predicted_latency_ms or not self.measured_latency_ms_table_speed:
+            return None
+        return self.predicted_latency_ms / self.measured_latency_ms_table_speed - 1.0
 
 
 def verify(
@@ -55,6 +65,7 @@ def verify(
     storage: str | None = None,
     studies_dir: str | Path = "studies",
     protocol: Any = None,
+    tables_root: str | Path = "latency_tables",
 ) -> VerifyResult:
     """Extract, measure accuracy and latency on this device, and record them beside the prediction."""
     import torch
@@ -103,6 +114,9 @@ def verify(
         measured_noisy=bool(measurement.noisy),
         measured_on=time.strftime("%Y-%m-%d"),
     )
+    table_speed = _at_table_speed(measurement, source, tables_root)
+    if table_speed is not None:
+        entry.update(measured_ms_table_speed=round(table_speed, 4), measured_reference_ms=round(measurement.reference_ms, 5))
     updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)
     updated.save(config_path)
     study_updated = _write_to_study(objectives, storage, Path(studies_dir), measured_accuracy, measurement.latency_ms_p50)
@@ -119,9 +133,34 @@ def verify(
         measured_latency_ms_p90=measurement.latency_ms_p90,
         latency_source=source,
         study_updated=study_updated,
+        measured_latency_ms_table_speed=table_speed,
         seconds=time.perf_counter() - start,
         checkpoint=Path(out).absolute() if out is not None else None,
     )
+
+
+def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Path) -> float | None:
+    """``p50 * baseline / probe``: the measurement at the speed the prediction's table saw this machine.
+
+    ``source`` is the table's label (``device/runtime/name (measured)``); None where the table, its
+    reference baseline or this measurement's probe is missing.
+    """
+    from profilers.tables import read_meta
+
+    if measurement.reference_ms is None or not source:
+        return None
+    parts = source.split(" ")[0].split("/")
+    if len(parts) != 3:
+        return None
+    device, runtime, name = parts
+    try:
+        meta = read_meta(Path(tables_root) / device / runtime)
+    except AnyshapeError:
+        return None
+    baseline = ((meta.get("tables") or {}).get(name) or {}).get("reference", {}).get("baseline_ms")
+    if not baseline:
+        return None
+    return float(measurement.latency_ms_p50 * float(baseline) / measurement.reference_ms)
 
 
 def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str, Workload, float | None, str | None]:
@@ -156,7 +195,7 @@ def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, ru
     )  # fmt: skip
     profiler.setup()
     try:
-        return profiler.measure(spec, point)
+        return profiler.measure_rounds(spec, point)
     finally:
         profiler.teardown()
 

@@ -8,10 +8,11 @@ one line in :data:`profilers.PROFILERS`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from profilers.blocks import ModelSpec
-from profilers.protocol import Measurement, ProtocolConfig, RunFn, measure
+from profilers.protocol import Measurement, ProtocolConfig, ReferenceProbe, RunFn, fastest_round, measure
 from profilers.workload import BlockPoint
 
 DeviceKind = Literal["cpu", "cuda"]
@@ -28,6 +29,7 @@ class BaseProfiler(ABC):
     def __init__(self, protocol: ProtocolConfig | None = None, device: DeviceKind = "cpu"):
         self.protocol = protocol or ProtocolConfig()
         self.device: DeviceKind = device
+        self._probe: ReferenceProbe | None = None
 
     @abstractmethod
     def check_available(self) -> None:
@@ -37,9 +39,23 @@ class BaseProfiler(ABC):
     def runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
         """``run(n)`` for ``point``: executes it ``n`` times and returns the elapsed milliseconds."""
 
+    @property
+    def probe(self) -> Callable[[], float] | None:
+        """The reference matmul timed beside every sample (CPU with ``protocol.reference``), else None."""
+        if self.device != "cpu" or not self.protocol.reference:
+            return None
+        if self._probe is None:
+            self._probe = ReferenceProbe(self.protocol.threads)
+        return self._probe
+
     def measure(self, spec: ModelSpec, point: BlockPoint) -> Measurement:
-        """One point, timed with the shared protocol."""
-        return measure(self.runner(spec, point), self.protocol)
+        """One point, timed with the shared protocol (one pass; raw latencies plus ``reference_ms``)."""
+        return measure(self.runner(spec, point), self.protocol, self.probe)
+
+    def measure_rounds(self, spec: ModelSpec, point: BlockPoint) -> Measurement:
+        """One point timed ``protocol.rounds`` times on one built block; the fastest pass is kept."""
+        run = self.runner(spec, point)
+        return fastest_round([measure(run, self.protocol, self.probe) for _ in range(self.protocol.rounds)])
 
     def setup(self) -> None:
         """Apply the protocol's thread count before a run (and remember what to restore)."""

@@ -1,13 +1,15 @@
 """A profiler that needs no hardware: deterministic synthetic latencies from FLOPs and bytes.
 
 Latency of a point = ``max(flops / compute, bytes / bandwidth) + overhead_ms``, times a noise
-factor drawn from a seeded generator (``noise_cv``; ``noisy_blocks`` get ``noisy_cv``). It runs
-through the same protocol as the real profilers, so protocol tests use it.
+factor drawn from a seeded generator (``noise_cv``; ``noisy_blocks`` get ``noisy_cv``), times a
+``slowdown`` of the whole machine at chosen points (the fake reference probe slows down with it).
+It runs through the same protocol as the real profilers, so protocol tests use it.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from nas.errors import AnyshapeError
@@ -34,6 +36,7 @@ class FakeProfiler(BaseProfiler):
         noisy_cv: float = 0.5,
         seed: int = 0,
         fail_after: int | None = None,
+        slowdown: Mapping[int, float] | None = None,
     ):
         super().__init__(protocol, device)
         if gflops <= 0 or bandwidth_gb_s <= 0 or overhead_ms < 0 or noise_cv < 0 or noisy_cv < 0:
@@ -43,6 +46,16 @@ class FakeProfiler(BaseProfiler):
         self.rng = random.Random(seed)
         self.fail_after = fail_after  # raise KeyboardInterrupt on this many-th point (simulated kill)
         self.points_started = 0
+        # point number (1-based, every pass counts) -> how much slower the whole machine runs
+        # then: its samples and the reference probe both slow down, like a burst of load
+        self.slowdown = dict(slowdown or {})
+
+    @property
+    def probe(self) -> Callable[[], float] | None:
+        """A fake reference probe: 1 ms times the machine's current slowdown."""
+        if self.device != "cpu" or not self.protocol.reference:
+            return None
+        return lambda: 1.0 * self.slowdown.get(self.points_started, 1.0)
 
     def check_available(self) -> None:
         if self.device == "cuda":
@@ -57,7 +70,7 @@ class FakeProfiler(BaseProfiler):
         self.points_started += 1
         if self.fail_after is not None and self.points_started > self.fail_after:
             raise KeyboardInterrupt(f"fake profiler killed after {self.fail_after} points")
-        base = self.latency_ms(spec, point)
+        base = self.latency_ms(spec, point) * self.slowdown.get(self.points_started, 1.0)
         cv = self.noisy_cv if point.block in self.noisy_blocks else self.noise_cv
 
         def run(n: int) -> float:

@@ -10,7 +10,14 @@ and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). Th
    used ``max_point_seconds``) and reports p10 / p50 / p90 of the per-call latency;
 4. checks the coefficient of variation (std / mean) of the samples: above ``cv_threshold`` the
    point is re-measured (up to ``max_remeasures`` more times); the attempt with the lowest CV is
-   kept and, if even that one is above the threshold, the point is flagged ``noisy``.
+   kept and, if even that one is above the threshold, the point is flagged ``noisy``;
+5. a table run makes ``rounds`` passes over all its points and keeps, per point, its fastest
+   pass (:func:`fastest_round`): a burst of load that inflates a pass of a point as a whole
+   (p10 included, which no statistic inside the pass can see) is dropped. A single measurement (``anyshape verify``) repeats the point instead;
+6. on a CPU, with ``reference``, a fixed matmul (:class:`ReferenceProbe`) is timed after every
+   sample; a table scales each point by ``baseline / reference`` (baseline: the median probe of
+   the whole run, kept in meta.json) so that a slow or fast moment of a shared machine does not
+   end up in the table. Raw and scaled numbers are both kept.
 
 Thread counts are set by the profiler (torch / ONNX Runtime) from ``threads`` and recorded.
 """
@@ -23,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from nas.errors import AnyshapeError
@@ -51,6 +58,10 @@ class ProtocolConfig:
     min_sample_ms: float = field(default=2.0, metadata={"help": "fold calls into one sample until it lasts this long"})
     cv_threshold: float = field(default=0.10, metadata={"help": "a point with std/mean above this is re-measured"})
     max_remeasures: int = field(default=1, metadata={"help": "extra attempts for a noisy point before flagging it"})
+    rounds: int = field(default=3, metadata={"help": "passes over all points; a point keeps its fastest pass (drops bursts of load)"})
+    reference: bool = field(
+        default=True, metadata={"help": "CPU: time a fixed matmul beside the samples and scale every point to the run's typical speed"}
+    )
     pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
 
     def __post_init__(self) -> None:
@@ -71,6 +82,8 @@ class ProtocolConfig:
             raise AnyshapeError(f"protocol.cv_threshold is {self.cv_threshold}; it must be > 0")
         if self.max_remeasures < 0:
             raise AnyshapeError(f"protocol.max_remeasures is {self.max_remeasures}; it must be >= 0")
+        if self.rounds < 1:
+            raise AnyshapeError(f"protocol.rounds is {self.rounds}; it must be >= 1")
         if self.pin_cpus is not None:
             if not self.pin_cpus or any(not 0 <= c < cores for c in self.pin_cpus):
                 raise AnyshapeError(f"protocol.pin_cpus is {list(self.pin_cpus)}; CPUs must be in 0..{cores - 1}")
@@ -105,6 +118,55 @@ class Measurement:
     noisy: bool
     calls_per_sample: int
     attempts: int
+    #: Median time of the reference matmul probed between this point's samples (None: no probe).
+    reference_ms: float | None = None
+
+    def scaled(self, factor: float) -> Measurement:
+        """The same measurement with its latencies multiplied by ``factor`` (speed normalisation)."""
+        return replace(self, latency_ms_p10=self.latency_ms_p10 * factor, latency_ms_p50=self.latency_ms_p50 * factor,
+                       latency_ms_p90=self.latency_ms_p90 * factor)
+
+
+class ReferenceProbe:
+    """A fixed fp32 matmul, timed between a point's samples: how fast is this machine right now?
+
+    On shared virtual machines the whole CPU slows down and speeds up by 10-20 % over seconds
+    (another tenant, the host's clock), which no number of samples of one point averages out.
+    Every op slows down together, though, so ``latency * baseline / reference`` is steady: on the
+    2-core EPYC VM the spread of a MiniLM forward pass over 25 s fell from 7 % to under 2 % (see
+    docs/PROFILING.md). The kernel is fixed (``SIZE``), never tuned to the machine, so a table and a
+    later ``anyshape verify`` on the same machine probe the same work.
+    """
+
+    SIZE = (256, 512, 512)  # (m, k, n): about 0.13 GFLOP, ~1-2 ms on a laptop-class core pair
+
+    def __init__(self, threads: int) -> None:
+        import torch
+
+        self.threads = threads
+        m, k, n = self.SIZE
+        gen = torch.Generator().manual_seed(0)
+        self._a = torch.randn(m, k, generator=gen)
+        self._b = torch.randn(k, n, generator=gen)
+        self._out = torch.empty(m, n)
+
+    def __call__(self) -> float:
+        import torch
+
+        before = torch.get_num_threads()
+        if before != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            start = time.perf_counter_ns()
+            torch.mm(self._a, self._b, out=self._out)
+            return (time.perf_counter_ns() - start) / 1e6
+        finally:
+            if before != self.threads:
+                torch.set_num_threads(before)
+
+    def describe(self) -> dict[str, Any]:
+        m, k, n = self.SIZE
+        return {"kernel": f"torch.mm fp32 ({m}x{k}) @ ({k}x{n})", "threads": self.threads}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -131,22 +193,26 @@ def coefficient_of_variation(values: Sequence[float]) -> float:
     return math.sqrt(var) / mean
 
 
-def measure(run: RunFn, config: ProtocolConfig) -> Measurement:
-    """Time one point with the protocol above; ``run(n)`` returns elapsed ms for ``n`` calls."""
+def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | None = None) -> Measurement:
+    """Time one point with the protocol above; ``run(n)`` returns elapsed ms for ``n`` calls.
+
+    With a ``probe`` (a :class:`ReferenceProbe`), the probe runs once after every sample and its
+    median is returned as ``reference_ms``; the latencies themselves are left raw.
+    """
     with pinned(config.pin_cpus), gc_disabled():
         calls = _calibrate(run, config)
-        best: tuple[float, list[float]] | None = None
+        best: tuple[float, list[float], list[float]] | None = None
         attempts = 0
         for _ in range(1 + config.max_remeasures):
             attempts += 1
-            samples = _samples(run, calls, config)
+            samples, probes = _samples(run, calls, config, probe)
             cv = coefficient_of_variation(samples)
             if best is None or cv < best[0]:
-                best = (cv, samples)
+                best = (cv, samples, probes)
             if cv <= config.cv_threshold:
                 break
     assert best is not None
-    cv, samples = best
+    cv, samples, probes = best
     return Measurement(
         latency_ms_p10=percentile(samples, 10),
         latency_ms_p50=percentile(samples, 50),
@@ -156,7 +222,26 @@ def measure(run: RunFn, config: ProtocolConfig) -> Measurement:
         noisy=cv > config.cv_threshold,
         calls_per_sample=calls,
         attempts=attempts,
+        reference_ms=percentile(probes, 50) if probes else None,
     )
+
+
+def fastest_round(rounds: Sequence[Measurement]) -> Measurement:
+    """The pass with the lowest p50 (per reference probe, where the passes were probed).
+
+    Interference only ever adds time: on a shared machine a pass is either clean or slowed by
+    another tenant, for a second or for a minute (a MiniLM forward pass measured five times
+    over six minutes spread by 5 % even after the probe's correction, and the slow passes came
+    in runs). The fastest pass is the one least disturbed, the same argument as ``timeit``'s
+    "use the minimum"; the spread of the passes is kept in meta.json.
+    """
+    if not rounds:
+        raise ValueError("fastest_round needs at least one measurement")
+
+    def speed(m: Measurement) -> float:
+        return m.latency_ms_p50 / m.reference_ms if m.reference_ms else m.latency_ms_p50
+
+    return min(rounds, key=speed)
 
 
 def _calibrate(run: RunFn, config: ProtocolConfig) -> int:
@@ -169,14 +254,17 @@ def _calibrate(run: RunFn, config: ProtocolConfig) -> int:
     return min(MAX_CALLS_PER_SAMPLE, math.ceil(config.min_sample_ms / max(fastest, 1e-6)))
 
 
-def _samples(run: RunFn, calls: int, config: ProtocolConfig) -> list[float]:
+def _samples(run: RunFn, calls: int, config: ProtocolConfig, probe: Callable[[], float] | None = None) -> tuple[list[float], list[float]]:
     samples: list[float] = []
+    probes: list[float] = []
     start = time.perf_counter()
     for i in range(config.repeats):
         samples.append(run(calls) / calls)
+        if probe is not None:
+            probes.append(probe())
         if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_point_seconds:
             break
-    return samples
+    return samples, probes
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from profilers.environment import (
     measure_matmul_gflops,
     software_versions,
 )
-from profilers.protocol import Measurement, ProtocolConfig
+from profilers.protocol import Measurement, ProtocolConfig, fastest_round, percentile
 from profilers.tables import COLUMNS, TABLE_FORMAT, format_rows, parse_rows, row_key, table_csv_path, today, write_table
 from profilers.workload import BlockPoint, GridConfig, build_points
 
@@ -250,6 +250,10 @@ def profile(
     }
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     run = PartialRun(csv_path, identity, restart=restart)
+    references: dict[str, float] = run.state.setdefault("reference_ms", {})  # key -> probe median of its row
+    if profiler.probe is not None:  # a row whose probe was lost in a kill is measured again
+        for key in [k for k in run.rows if k not in references]:
+            del run.rows[key]
     resumed = sum(1 for p in points if p.key in run.rows)
     extra = run.state["extra"]
     if kind == "cpu":  # at the start of every segment and at the end of the run; the best is kept
@@ -258,24 +262,40 @@ def profile(
         extra["matmul_gflops"] = round(max(gflops, float(extra.get("matmul_gflops", 0.0))), 1)
     dims = ModelDims.from_config(spec.family, spec.config)
     todo = [p for p in points if p.key not in run.rows]
+    passes: dict[str, list[dict[str, Any]]] = run.state.setdefault("passes", {})  # key -> finished passes
+    spread: dict[str, list[float]] = run.state.setdefault("pass_p50_by_point", {})  # key -> every pass's p50 (/ probe)
     segment: dict[str, Any] = {"started": today(), "points": 0, "seconds": 0.0, "background_cpu_share": 0.0}
     run.state["segments"].append(segment)
     run.save_state()  # from the first point on, a killed run can resume
     monitor = LoadMonitor()
     monitor.start()
     start = time.perf_counter()
-    bar = _progress(len(points), resumed, f"{device}/{profiler.runtime}/{csv_path.stem}", progress)
+    total = len(points) * protocol.rounds
+    already = resumed * protocol.rounds + sum(len(passes.get(p.key, [])) for p in todo)
+    bar = _progress(total, already, f"{device}/{profiler.runtime}/{csv_path.stem}", progress)
     profiler.setup()
     try:
-        for point in todo:
-            m = profiler.measure(spec, point)
-            run.append(make_row(point, dims, protocol.threads, m))
-            segment["points"] = int(segment["points"]) + 1
-            segment["seconds"] = round(time.perf_counter() - start, 2)
-            if segment["points"] % 5 == 0:
-                segment["background_cpu_share"] = monitor.stop()["background_cpu_share"]
-                run.save_state()
-            bar.update(1)
+        for round_ in range(protocol.rounds):  # whole passes, so that a burst of load hits one pass of a point
+            for point in todo:
+                done = passes.setdefault(point.key, [])
+                if len(done) > round_:
+                    continue
+                done.append(asdict(profiler.measure(spec, point)))
+                if len(done) == protocol.rounds:
+                    kept = fastest_round([Measurement(**m) for m in done])
+                    run.append(make_row(point, dims, protocol.threads, kept))  # raw; scaled to the baseline at the end
+                    del passes[point.key]
+                    if protocol.rounds > 1:  # each pass's p50, per probe where probed: how much the passes disagreed
+                        spread[point.key] = [round(m["latency_ms_p50"] / (m["reference_ms"] or 1.0), 6) for m in done]
+                    if kept.reference_ms is not None:
+                        references[point.key] = kept.reference_ms
+                    run.save_state()
+                segment["points"] = int(segment["points"]) + 1
+                segment["seconds"] = round(time.perf_counter() - start, 2)
+                if segment["points"] % 5 == 0:
+                    segment["background_cpu_share"] = monitor.stop()["background_cpu_share"]
+                    run.save_state()
+                bar.update(1)
     finally:
         profiler.teardown()
         bar.close()
@@ -285,6 +305,10 @@ def profile(
     if kind == "cpu":
         _record_bandwidth(extra, best_bandwidth(bandwidth_buffer_mib, threads=protocol.threads))
     rows = [run.rows[p.key] for p in points]
+    if profiler.probe is not None:
+        rows, extra["reference"] = _scale_to_baseline(rows, points, references, profiler)
+    if protocol.rounds > 1 and all(p.key in spread for p in points):
+        extra["passes"] = _pass_summary(points, spread, protocol.rounds)
     segments = run.state["segments"]
     seconds = sum(float(s["seconds"]) for s in segments)
     share = sum(float(s["background_cpu_share"]) * float(s["seconds"]) for s in segments) / max(seconds, 1e-9)
@@ -322,6 +346,42 @@ def profile(
     write_table(csv_path, rows, entry)
     run.discard()
     return ProfileResult(csv_path, len(rows), len(todo), resumed, entry["noisy_points"], round(seconds, 1), under_load)
+
+
+def _scale_to_baseline(rows: list[dict[str, Any]], points: list[BlockPoint], references: dict[str, float],
+                       profiler: BaseProfiler) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Scale every row by ``baseline / its probe``; baseline = the median probe of the whole run."""
+    import statistics
+
+    probes = [references[p.key] for p in points]
+    baseline = statistics.median(probes)
+    scaled = []
+    for row, probe in zip(rows, probes):
+        factor = baseline / probe
+        scaled.append({**row, **{k: row[k] * factor for k in ("latency_ms_p10", "latency_ms_p50", "latency_ms_p90")}})
+    described = getattr(profiler.probe, "describe", lambda: {"kernel": type(profiler.probe).__name__})()
+    info = {
+        **described,
+        "baseline_ms": round(baseline, 5),
+        "probe_ms_p10_p90": [round(percentile(probes, 10), 5), round(percentile(probes, 90), 5)],
+        "note": "every row is scaled by baseline_ms / the probe timed beside its samples; raw = row * probe / baseline_ms",
+        "probe_ms_by_point": {p.key: round(references[p.key], 5) for p in points},
+    }
+    return scaled, info
+
+
+def _pass_summary(points: list[BlockPoint], spread: dict[str, list[float]], rounds: int) -> dict[str, Any]:
+    """How far each point's passes were from its fastest one (the table keeps the fastest)."""
+    import statistics
+
+    excess = [max(spread[p.key]) / min(spread[p.key]) - 1.0 for p in points]
+    return {
+        "rounds": rounds,
+        "kept": "fastest pass (p50 per reference probe where probed)",
+        "slowest_over_fastest_median": round(statistics.median(excess), 4),
+        "slowest_over_fastest_p90": round(percentile(excess, 90), 4),
+        "p50_by_point": {p.key: spread[p.key] for p in points},
+    }
 
 
 def _record_bandwidth(extra: dict[str, Any], measured: Bandwidth) -> None:

@@ -12,6 +12,7 @@ token (``seq_len = 1``) attending to a KV cache of ``context_len`` tokens.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,8 @@ from typing import Any, Literal
 from nas.errors import AnyshapeError
 from nas.families import ModelFamily
 from nas.shape import Shape, ShapeSpace
+
+logger = logging.getLogger(__name__)
 
 BLOCKS = ("attention", "mlp", "embed", "head", "norm", "whole-model")
 PHASES = ("prefill", "decode")
@@ -96,6 +99,9 @@ class GridConfig:
     ffn_steps: int = field(default=8, metadata={"help": "FFN widths: this many even fractions of the full size"})
     head_pairs: int = field(default=0, metadata={"help": "at most this many (heads, kv_heads) pairs, evenly spread (0 = all)"})
     whole_model_samples: int = field(default=6, metadata={"help": "whole-model shapes: the full model + random ones"})
+    whole_model_ffn_steps: int = field(
+        default=0, metadata={"help": "FFN widths the random whole-model shapes draw from: this many even fractions (0 = ffn_steps)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the random whole-model shapes"})
     dtype: str = field(default="float32", metadata={"help": "float32 | float16 | bfloat16"})
 
@@ -118,6 +124,8 @@ class GridConfig:
             raise AnyshapeError(f"grid.head_pairs is {self.head_pairs}; it must be >= 0 (0 = all)")
         if self.whole_model_samples < 0:
             raise AnyshapeError(f"grid.whole_model_samples is {self.whole_model_samples}; it must be >= 0")
+        if self.whole_model_ffn_steps < 0:
+            raise AnyshapeError(f"grid.whole_model_ffn_steps is {self.whole_model_ffn_steps}; it must be >= 0 (0 = ffn_steps)")
         if self.dtype not in DTYPES:
             raise AnyshapeError(f"grid.dtype is {self.dtype!r}; allowed: {', '.join(DTYPES)}")
 
@@ -148,16 +156,29 @@ def head_grid(space: ShapeSpace, limit: int = 0) -> list[tuple[int, int]]:
 
 
 def sample_shapes(space: ShapeSpace, grid: GridConfig) -> list[Shape]:
-    """The full shape, then ``whole_model_samples - 1`` distinct random ones (seeded)."""
+    """The full shape, then ``whole_model_samples - 1`` distinct random ones (seeded).
+
+    Shapes are distinct in (depth, heads, kv_heads, ffn), the only things latency depends on (which
+    layers are kept does not matter: they are alike). Their FFN widths come from
+    ``whole_model_ffn_steps`` even fractions, so a finer grid than the blocks' ``ffn_steps`` puts
+    whole-model shapes between the measured widths, where a predictor has to interpolate. Where the
+    space holds fewer distinct shapes than asked, all of them are returned, with a warning.
+    """
     if grid.whole_model_samples == 0:
         return []
     rng = random.Random(grid.seed)
     pairs = space.head_choices()
-    ffns = space.ffn_choices(grid.ffn_steps)
+    ffns = space.ffn_choices(grid.whole_model_ffn_steps or grid.ffn_steps)
+    available = space.num_layers * len(pairs) * len(ffns)
+    if grid.whole_model_samples > available:
+        logger.warning(
+            "grid asks for %d whole-model shapes but this shape space holds only %d distinct ones; measuring all of them "
+            "(raise whole_model_ffn_steps for more)", grid.whole_model_samples, available,
+        )
     shapes = [space.full_shape()]
     seen = {(space.num_layers, space.num_heads, space.num_kv_heads, space.ffn_size)}
     for _ in range(100 * grid.whole_model_samples):
-        if len(shapes) >= grid.whole_model_samples:
+        if len(shapes) >= min(grid.whole_model_samples, available):
             break
         depth = rng.randint(1, space.num_layers)
         heads, kv = rng.choice(pairs)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from profilers._base import BaseProfiler
@@ -9,7 +12,7 @@ from profilers.fake import FakeProfiler
 from profilers.protocol import ProtocolConfig
 from profilers.testing import ProfilerContract
 
-FAST = ProtocolConfig(threads=1, warmup=1, repeats=5, min_repeats=3, max_point_seconds=0.2, min_sample_ms=0.5, max_remeasures=1)
+FAST = ProtocolConfig(threads=1, warmup=1, repeats=5, min_repeats=3, max_point_seconds=0.2, min_sample_ms=0.5, max_remeasures=1, rounds=1)
 
 
 class TestFakeProfiler(ProfilerContract):
@@ -34,3 +37,22 @@ class TestOnnxRuntimeProfiler(ProfilerContract):
         from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
 
         return OnnxRuntimeProfiler(FAST)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", [True, False])
+def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, cache: bool) -> None:
+    from nas.families import family_for
+    from profilers.blocks import ModelSpec
+    from profilers.environment import cpu_slug
+    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
+    from profilers.run import profile
+    from profilers.testing import SMALL_GRID, TINY_LLAMA
+
+    class NoCache(OnnxRuntimeProfiler):
+        export_cache_bytes = 0
+
+    profiler = (OnnxRuntimeProfiler if cache else NoCache)(dataclasses.replace(FAST, rounds=2))
+    spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
+    result = profile(spec, cpu_slug(), "onnxruntime", tmp_path, grid=SMALL_GRID, profiler=profiler, progress=False, bandwidth_buffer_mib=16)
+    assert profiler._exports == result.rows * (1 if cache else 2)

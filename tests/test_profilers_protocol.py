@@ -142,6 +142,7 @@ def test_pinning_applies_and_restores_affinity() -> None:
         ("max_point_seconds", 0, "protocol.max_point_seconds"),
         ("cv_threshold", 0, "protocol.cv_threshold"),
         ("max_remeasures", -1, "protocol.max_remeasures"),
+        ("rounds", 0, "protocol.rounds"),
         ("pin_cpus", (10_000,), "protocol.pin_cpus"),
     ],
 )
@@ -155,3 +156,17 @@ def test_protocol_config_round_trips() -> None:
     assert ProtocolConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(AnyshapeError, match="unknown field"):
         ProtocolConfig.from_dict({"nope": 1})
+
+
+def test_fastest_round_keeps_the_least_disturbed_pass() -> None:
+    from profilers.protocol import Measurement, fastest_round
+
+    def m(p50: float, probe: float | None = None) -> Measurement:
+        return Measurement(p50 * 0.9, p50, p50 * 1.1, 5, 0.01, False, 1, 1, probe)
+
+    assert fastest_round([m(10.5), m(16.0), m(10.0)]).latency_ms_p50 == 10.0
+    assert fastest_round([m(3.0)]).latency_ms_p50 == 3.0
+    # with probes, per probe: the 11 ms pass ran while the whole machine was 1.2x slow
+    assert fastest_round([m(10.0, 1.0), m(11.0, 1.2)]).latency_ms_p50 == 11.0
+    with pytest.raises(ValueError):
+        fastest_round([])

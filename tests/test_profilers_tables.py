@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from profilers.tables import COLUMNS, list_tables, load_table
 from profilers.testing import TINY_LLAMA
 from profilers.workload import GridConfig, build_points, head_grid, sample_shapes
 
-FAST = ProtocolConfig(threads=1, warmup=1, repeats=5, min_repeats=3, max_point_seconds=0.5, min_sample_ms=0.0)
+FAST = ProtocolConfig(threads=1, warmup=1, repeats=5, min_repeats=3, max_point_seconds=0.5, min_sample_ms=0.0, rounds=1)
 GRID = GridConfig(seq_len=(16,), context_len=(16,), ffn_steps=2, head_pairs=3, whole_model_samples=2)
 SPEC = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
 HERE = cpu_slug()
@@ -83,6 +84,53 @@ def test_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert len(table.rows) == total and len(table.meta["segments"]) == 2
 
 
+def test_rounds_keep_the_fastest_pass_so_a_burst_of_load_is_dropped(tmp_path: Path) -> None:
+    three = dataclasses.replace(FAST, rounds=3, reference=False)
+    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
+    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(three)).path)
+    # every point is 1.6x slow in one of its three passes (the first pass of some, the last of others)
+    bursts = dict.fromkeys([*range(1, total + 1, 2), *range(2 * total + 2, 3 * total + 1, 2)], 1.6)
+    bursty = FakeProfiler(three, slowdown=bursts)
+    table = load_table(run_fake(tmp_path / "bursty", profiler=bursty).path)
+    assert bursty.points_started == 3 * total
+    assert [r["latency_ms_p50"] for r in table.rows] == pytest.approx([r["latency_ms_p50"] for r in clean.rows])
+    # one pass alone keeps the bursts
+    one = dataclasses.replace(three, rounds=1)
+    single = load_table(run_fake(tmp_path / "single", profiler=FakeProfiler(one, slowdown=bursts)).path)
+    assert max(r["latency_ms_p50"] / c["latency_ms_p50"] for r, c in zip(single.rows, clean.rows)) == pytest.approx(1.6, rel=1e-3)
+
+
+def test_the_reference_probe_scales_slow_moments_of_the_machine_away(tmp_path: Path) -> None:
+    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
+    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(FAST)).path)
+    slow = dict.fromkeys(range(1, total + 1, 3), 1.5)  # a third of the points measured while the machine ran 1.5x slow
+    table = load_table(run_fake(tmp_path / "slow", profiler=FakeProfiler(FAST, slowdown=slow)).path)
+    assert [r["latency_ms_p50"] for r in table.rows] == pytest.approx([r["latency_ms_p50"] for r in clean.rows], rel=1e-3)
+    ref = table.meta["reference"]
+    assert ref["baseline_ms"] == pytest.approx(1.0) and len(ref["probe_ms_by_point"]) == total
+    # raw numbers can be recovered from the meta: row * probe / baseline
+    row = table.rows[0]
+    key = next(iter(ref["probe_ms_by_point"]))
+    assert ref["probe_ms_by_point"][key] == pytest.approx(1.5) and row["latency_ms_p50"] > 0
+    # without the probe the slow moments stay in the table
+    off = dataclasses.replace(FAST, reference=False)
+    raw = load_table(run_fake(tmp_path / "raw", profiler=FakeProfiler(off, slowdown=slow)).path)
+    assert "reference" not in raw.meta
+    assert max(r["latency_ms_p50"] / c["latency_ms_p50"] for r, c in zip(raw.rows, clean.rows)) == pytest.approx(1.5, rel=1e-3)
+
+
+def test_a_run_killed_between_passes_resumes_without_measuring_a_pass_twice(tmp_path: Path) -> None:
+    three = dataclasses.replace(FAST, rounds=3)
+    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(tmp_path, profiler=FakeProfiler(three, fail_after=total + 10))  # killed in the second pass
+    counter = FakeProfiler(three)
+    result = run_fake(tmp_path, profiler=counter)
+    # at most the passes since the last state save (every 5th) are measured again
+    assert 2 * total - 10 <= counter.points_started <= 2 * total - 10 + 5
+    assert result.rows == total and load_table(result.path).meta["protocol"]["rounds"] == 3
+
+
 def test_run_killed_before_its_first_point_resumes(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_fake(tmp_path, profiler=FakeProfiler(FAST, fail_after=0))
@@ -94,7 +142,7 @@ def test_run_killed_before_its_first_point_resumes(tmp_path: Path) -> None:
 def test_resume_with_other_settings_is_refused_until_restart(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_fake(tmp_path, profiler=FakeProfiler(FAST, fail_after=3))
-    other = ProtocolConfig(threads=1, warmup=2, repeats=5, min_repeats=3, max_point_seconds=0.5, min_sample_ms=0.0)
+    other = ProtocolConfig(threads=1, warmup=2, repeats=5, min_repeats=3, max_point_seconds=0.5, min_sample_ms=0.0, rounds=1)
     with pytest.raises(AnyshapeError, match="protocol differ"):
         run_fake(tmp_path, profiler=FakeProfiler(other))
     result = run_fake(tmp_path, profiler=FakeProfiler(other), restart=True)
@@ -251,6 +299,20 @@ def test_whole_model_shapes_are_seeded() -> None:
     assert len({(s.depth, s.heads, s.kv_heads, s.ffn) for s in a}) == 4
 
 
+def test_whole_model_shapes_can_sit_between_the_measured_widths(caplog: pytest.LogCaptureFixture) -> None:
+    space = SPEC.family.space(SPEC.config)
+    measured = set(space.ffn_choices(2))
+    fine = sample_shapes(space, GridConfig(ffn_steps=2, whole_model_ffn_steps=16, whole_model_samples=30))
+    assert len(fine) == 30 and {s.ffn for s in fine} - measured  # widths the blocks never measured
+    # a space with fewer distinct shapes than asked gives all of them, and says so
+    available = space.num_layers * len(space.head_choices()) * 2
+    with caplog.at_level("WARNING"):
+        every = sample_shapes(space, GridConfig(ffn_steps=2, whole_model_samples=available + 5))
+    assert len(every) == available and "holds only" in caplog.text
+    with pytest.raises(AnyshapeError, match="whole_model_ffn_steps"):
+        GridConfig(whole_model_ffn_steps=-1)
+
+
 def test_head_grid_spreads_and_keeps_the_ends() -> None:
     from profilers.run import resolve_model_spec
 
@@ -365,3 +427,16 @@ def test_gpu_estimates_calibrate_on_a_measured_gpu_table(tmp_path: Path) -> None
     calibrated = load_table(estimate(SPEC, "a5000", "torch", tmp_path / "cal", grid=GRID).path)
     assert calibrated.meta["roofline"]["efficiency"]["source"].startswith("calibrated on h100/torch/tiny-llama")
     assert calibrated.source == "roofline-estimate"
+
+
+def test_verify_sets_a_measurement_at_the_tables_machine_speed(tmp_path: Path) -> None:
+    from nas.verify import _at_table_speed
+    from profilers.protocol import Measurement
+
+    label = load_table(run_fake(tmp_path).path).label  # the fake probe's baseline is 1 ms
+    slow_moment = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, reference_ms=1.2)
+    assert _at_table_speed(slow_moment, label, tmp_path) == pytest.approx(10.0)
+    unprobed = dataclasses.replace(slow_moment, reference_ms=None)
+    assert _at_table_speed(unprobed, label, tmp_path) is None
+    assert _at_table_speed(slow_moment, label, tmp_path / "elsewhere") is None
+    assert _at_table_speed(slow_moment, None, tmp_path) is None

@@ -21,11 +21,13 @@ TABLE = typer.Option(None, "--table", help="Table name (default: the model's nam
 @predictor_app.command("fit")
 def fit_command(device: str = DEVICE, runtime: str = RUNTIME, model: str = MODEL, tables: Path = TABLES,
                 table: str | None = TABLE, seed: int = typer.Option(0, "--seed"),
+                holdout: float = typer.Option(0.4, "--holdout", help="Share of whole-model rows kept out of the fit for `predictor eval` (0 to fit on all)."),
                 as_json: bool = typer.Option(False, "--json")) -> None:  # fmt: skip
     """Fit (or refit) the predictor on a table's whole-model rows and save it beside the table."""
     from nas.predictor.api import predictor_for, predictor_path
 
-    predictor, spec = predictor_for(device, runtime, model, tables_root=tables, table=table, refit=True, seed=seed)
+    predictor, spec = predictor_for(device, runtime, model, tables_root=tables, table=table, refit=True, seed=seed,
+                                    holdout_fraction=holdout)
     path = predictor_path(tables, device, runtime, table or spec.name)
     if as_json:
         print_json({"path": str(path), "chosen": predictor.chosen, "cv_mape": predictor.cv_mape, "source": predictor.source})

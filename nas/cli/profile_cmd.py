@@ -18,12 +18,13 @@ def profile_command(
     model: str = typer.Option(..., "--model", help="Model dir, alias (minilm, ref-decoder), config.json, or builtin config (qwen2.5-0.5b)."),
     runtime: str = typer.Option("torch", "--runtime", help="torch | onnxruntime"),
     out: Path = typer.Option(Path("latency_tables"), "--out", help="Root folder of the tables."),
-    grid: str | None = typer.Option(None, "--grid", help="Grid as inline JSON or a JSON/YAML file (batch, seq_len, context_len, ffn_steps, head_pairs, whole_model_samples, seed, dtype, ...)."),
+    grid: str | None = typer.Option(None, "--grid", help="Grid as inline JSON or a JSON/YAML file (batch, seq_len, context_len, ffn_steps, head_pairs, whole_model_samples, whole_model_ffn_steps, seed, dtype, ...)."),
     name: str | None = typer.Option(None, "--name", help="Table name (default: the model's name)."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: all CPUs this process may use)."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed calls per point."),
     repeats: int = typer.Option(15, "--repeats", help="Most timed samples per point."),
     max_point_seconds: float = typer.Option(2.0, "--max-point-seconds", help="Stop sampling a point after this (once 5 samples)."),
+    rounds: int = typer.Option(3, "--rounds", help="Passes over all points; each point keeps its fastest pass (drops bursts of load)."),
     pin_cpus: str | None = typer.Option(None, "--pin-cpus", help="Pin to these CPUs, e.g. 0,1 (Linux)."),
     estimate: bool = typer.Option(False, "--estimate", help="Write a roofline estimate from published specs instead of measuring (GPUs only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
@@ -52,7 +53,7 @@ def profile_command(
                 pins = tuple(int(c) for c in pin_cpus.split(","))
             except ValueError:
                 raise AnyshapeError(f"--pin-cpus must be CPU numbers like 0,1; got {pin_cpus!r}") from None
-        fields = dict(warmup=warmup, repeats=repeats, max_point_seconds=max_point_seconds, pin_cpus=pins)
+        fields = dict(warmup=warmup, repeats=repeats, max_point_seconds=max_point_seconds, rounds=rounds, pin_cpus=pins)
         if threads is not None:
             fields["threads"] = threads
         protocol = ProtocolConfig(**fields)  # type: ignore[arg-type]

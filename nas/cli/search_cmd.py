@@ -98,4 +98,6 @@ def verify_command(
     error = f" ({result.latency_error:+.1%})" if result.latency_error is not None else ""
     typer.echo(f"{result.config.name}: {result.metric} {result.measured_accuracy:.4g} measured"
                + (f" (search: {result.predicted_accuracy:.4g})" if result.predicted_accuracy is not None else "")
-               + f"; latency {predicted}{result.measured_latency_ms:.4g} ms measured{error} for {result.workload}")
+               + f"; latency {predicted}{result.measured_latency_ms:.4g} ms measured{error} for {result.workload}"
+               + (f"; {result.measured_latency_ms_table_speed:.4g} ms at the table's machine speed ({result.table_speed_error:+.1%})"
+                  if result.measured_latency_ms_table_speed and result.table_speed_error is not None else ""))

@@ -18,9 +18,13 @@ def predictor_path(tables_root: str | Path, device: str, runtime: str, table: st
 
 def predictor_for(
     device: str, runtime: str, model: str, *, tables_root: str | Path = "latency_tables", table: str | None = None,
-    refit: bool = False, seed: int = 0, allow_lut_only: bool = False,
+    refit: bool = False, seed: int = 0, allow_lut_only: bool = False, holdout_fraction: float = 0.4,
 ) -> tuple[LatencyPredictor, Any]:  # fmt: skip
-    """The saved predictor for (device, runtime, model's table), fit and saved on first use."""
+    """The saved predictor for (device, runtime, model's table), fit and saved on first use.
+
+    ``holdout_fraction`` of the table's whole-model rows (a seeded split) are never fit on, so that
+    ``anyshape predictor eval`` can score them.
+    """
     from profilers.run import resolve_model_spec
 
     spec = resolve_model_spec(model)
@@ -34,7 +38,7 @@ def predictor_for(
         if predictor.refit_reason:
             sys.stderr.write(f"anyshape: note: predictor {path.name} was {predictor.refit_reason}\n")
         return predictor, spec
-    predictor = fit_predictor(csv_path, dict(spec.config), seed=seed, allow_lut_only=allow_lut_only)
+    predictor = fit_predictor(csv_path, dict(spec.config), seed=seed, allow_lut_only=allow_lut_only, holdout_fraction=holdout_fraction)
     if predictor.refit_reason:
         sys.stderr.write(f"anyshape: note: {csv_path.name}: {predictor.refit_reason}\n")
     predictor.save(path)

@@ -1,0 +1,123 @@
+"""Latency predictors on this CPU's measured tables: held-out accuracy beside three baselines, and speed.
+
+    python benchmarks/predictor.py                       # every measured table of this CPU
+    python benchmarks/predictor.py --refit --holdout 0.4  # refit first (same seeded split)
+
+For each measured table of this machine (``latency_tables/<this cpu>/<runtime>/<name>.csv``):
+fit the predictor if none is saved (or ``--refit``), then report on the whole-model rows it
+never saw, per workload: n, RMSE, MAPE, the share within 5 % and 10 %, and Kendall's tau, for
+the learned predictor, the plain lookup-table sum, the roofline estimate and a FLOPs-linear fit.
+Beside them, how much the table's own passes disagreed (``--rounds``: slowest pass over the
+fastest, median over the whole-model points), the measurement noise no predictor can beat.
+
+Speed: one batch call on ``--batch`` random shapes of the model's space (median of 5 calls,
+shapes per second), and one single-shape call (median of 200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+METHODS = ("learned", "lut_sum", "roofline", "flops_linear")
+
+
+def random_shapes(space: Any, n: int, seed: int = 0) -> list[Any]:
+    from nas.shape import Shape
+
+    rng = random.Random(seed)
+    pairs, ffns = space.head_choices(), space.ffn_choices(64)
+    shapes = []
+    for _ in range(n):
+        depth = rng.randint(1, space.num_layers)
+        heads, kv = rng.choice(pairs)
+        shapes.append(Shape(layers=tuple(range(depth)), heads=heads, kv_heads=kv, ffn=rng.choice(ffns)).resolve(space))
+    return shapes
+
+
+def pass_noise(table_path: Path) -> float | None:
+    """Median over the whole-model points of (slowest pass / fastest pass - 1), where the table kept its passes."""
+    meta = json.loads((table_path.parent / "meta.json").read_text())["tables"][table_path.stem]
+    by_point = (meta.get("passes") or {}).get("p50_by_point") or {}
+    if not by_point:
+        return None
+    values = [max(v) / min(v) - 1.0 for k, v in by_point.items() if k.startswith("whole-model")]
+    return statistics.median(values) if values else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", default=str(ROOT / "latency_tables"))
+    parser.add_argument("--refit", action="store_true")
+    parser.add_argument("--holdout", type=float, default=0.4)
+    parser.add_argument("--batch", type=int, default=10_000)
+    args = parser.parse_args(argv)
+
+    from nas.predictor.api import predictor_for
+    from nas.predictor.evaluate import evaluate_predictor
+    from nas.workload import Workload
+    from profilers.environment import cpu_slug
+    from profilers.tables import list_tables
+
+    device = cpu_slug()
+    print(f"# predictors on {device} ({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}\n")
+    tables = [t for t in list_tables(args.tables) if t["device"] == device and t["source"] == "measured"]
+    if not tables:
+        print(f"no measured tables of {device} under {args.tables}")
+        return 1
+    speed_rows = []
+    print("| table | workload | method | n | RMSE ms | MAPE | <=5% | <=10% | tau |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for info in tables:
+        meta = json.loads((Path(info["path"]).parent / "meta.json").read_text())["tables"][info["name"]]
+        model = str(meta["model"])
+        predictor, spec = predictor_for(device, info["runtime"], model, tables_root=args.tables, table=info["name"],
+                                        refit=args.refit, holdout_fraction=args.holdout)
+        try:
+            report = evaluate_predictor(predictor)
+        except Exception as e:  # a table without enough rows: say so and go on
+            print(f"| {info['runtime']}/{info['name']} | - | {e} | | | | | | |")
+            continue
+        label = f"{info['runtime']}/{info['name']}"
+        for workload, entry in report["workloads"].items():
+            for method in METHODS:
+                if method in entry:
+                    m = entry[method]
+                    name = f"**{method}** ({predictor.chosen})" if method == "learned" else method
+                    print(f"| {label} | {workload} | {name} | {m['n']} | {m['rmse_ms']:.3g} | {m['mape']:.1%} | "
+                          f"{m['within_5pct']:.0%} | {m['within_10pct']:.0%} | {m['kendall_tau']:.3f} |")
+        noise = pass_noise(Path(info["path"]))
+        if noise is not None:
+            print(f"| {label} | (all) | passes: slowest / fastest - 1, median | | | {noise:.1%} | | | |")
+        space = spec.family.space(spec.config)
+        shapes = random_shapes(space, args.batch)
+        workload = Workload("prefill", 1, 128)
+        predictor.predict(shapes[:10], workload)  # warm
+        batch_s = statistics.median(_timed(predictor.predict, shapes, workload) for _ in range(5))
+        single_s = statistics.median(_timed(predictor.predict, shapes[:1], workload) for _ in range(200))
+        speed_rows.append((label, predictor.chosen, len(shapes) / batch_s, single_s * 1e3))
+    print(f"\n| table | model | shapes/s (batch of {args.batch}) | one shape, ms |")
+    print("|---|---|---|---|")
+    for label, chosen, rate, single_ms in speed_rows:
+        print(f"| {label} | {chosen} | {rate:,.0f} | {single_ms:.3f} |")
+    return 0
+
+
+def _timed(call: Any, *args: Any) -> float:
+    start = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    sys.exit(main())
