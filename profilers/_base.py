@@ -25,6 +25,9 @@ class BaseProfiler(ABC):
     runtime: ClassVar[str]
     #: The package whose version must match when a table of this runtime is loaded.
     version_package: ClassVar[str | None] = None
+    #: Whether a reference probe timed between samples measures the machine, not this runtime's
+    #: leftovers (ONNX Runtime's threads spin after each run and starve a probe timed right after).
+    probe_compatible: ClassVar[bool] = True
 
     def __init__(self, protocol: ProtocolConfig | None = None, device: DeviceKind = "cpu"):
         self.protocol = protocol or ProtocolConfig()
@@ -42,7 +45,7 @@ class BaseProfiler(ABC):
     @property
     def probe(self) -> Callable[[], float] | None:
         """The reference matmul timed beside every sample (CPU with ``protocol.reference``), else None."""
-        if self.device != "cpu" or not self.protocol.reference:
+        if self.device != "cpu" or not self.protocol.reference or not self.probe_compatible:
             return None
         if self._probe is None:
             self._probe = ReferenceProbe(self.protocol.threads)
