@@ -56,3 +56,14 @@ def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, cache
     spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
     result = profile(spec, cpu_slug(), "onnxruntime", tmp_path, grid=SMALL_GRID, profiler=profiler, progress=False, bandwidth_buffer_mib=16)
     assert profiler._exports == result.rows * (1 if cache else 2)
+
+
+def test_the_reference_probe_is_for_cpu_runtimes_that_leave_the_cpu_alone() -> None:
+    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
+    from profilers.torch_profiler import TorchProfiler
+
+    probe = TorchProfiler(FAST).probe
+    assert probe is not None and probe() > 0
+    assert TorchProfiler(dataclasses.replace(FAST, reference=False)).probe is None
+    assert TorchProfiler(FAST, device="cuda").probe is None
+    assert OnnxRuntimeProfiler(FAST).probe is None  # its spinning threads would be what the probe measures
