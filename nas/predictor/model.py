@@ -219,11 +219,16 @@ def _fit(recipe: FitRecipe, table: Any) -> LatencyPredictor:
         predictor.refit_reason = f"only {len(fit_rows)} whole-model rows: predicting the lookup-table sum, uncorrected"
         predictor._model = DummyRegressor(strategy="constant", constant=0.0).fit(np.zeros((1, len(FEATURES))), [0.0])
         return predictor
+    from threadpoolctl import threadpool_limits
+
     x, y = _design(predictor, fit_rows)
-    scores = {name: _cv_mape(name, x, y, recipe) for name in recipe.candidates}
-    predictor.chosen = min(scores, key=lambda n: (scores[n], n))
-    predictor.cv_mape = {k: round(v, 5) for k, v in scores.items()}
-    predictor._model = _make(predictor.chosen, recipe.seed).fit(x, y)
+    # One thread: a few hundred rows gain nothing from more, and OpenMP's spinning barriers
+    # (gradient-boosted trees) crawl when the machine is busy (minutes instead of seconds).
+    with threadpool_limits(limits=1):
+        scores = {name: _cv_mape(name, x, y, recipe) for name in recipe.candidates}
+        predictor.chosen = min(scores, key=lambda n: (scores[n], n))
+        predictor.cv_mape = {k: round(v, 5) for k, v in scores.items()}
+        predictor._model = _make(predictor.chosen, recipe.seed).fit(x, y)
     return predictor
 
 
