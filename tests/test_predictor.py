@@ -43,7 +43,7 @@ def fitted(table):
 
 def test_fit_predict_and_eval(fitted):
     predictor = fitted
-    assert predictor.chosen in ("gbt", "mlp", "ridge") and set(predictor.cv_mape) == {"gbt", "mlp", "ridge"}
+    assert predictor.chosen in ("gbt", "mlp", "ridge", "additive") and set(predictor.cv_mape) == {"gbt", "mlp", "ridge", "additive"}
     report = evaluate_predictor(predictor)
     for name in ("prefill:b1:s16", "decode:b1:c16"):
         learned = report["workloads"][name]["learned"]
@@ -113,3 +113,23 @@ def test_unknown_workload_and_missing_table(fitted, table, tmp_path):
         predictor.predict([Shape(layers=(0,), heads=8, kv_heads=4, ffn=8)], Workload("prefill", 1, 512))
     with pytest.raises(AnyshapeError, match="no saved predictor"):
         load_predictor(tmp_path / "none.json")
+
+
+def test_additive_candidate_recovers_a_linear_latency_per_workload():
+    from nas.predictor.model import FEATURES, AdditiveLatency
+
+    rng = np.random.default_rng(0)
+    n = 60
+    x = np.zeros((n, len(FEATURES)))
+    col = {f: FEATURES.index(f) for f in FEATURES}
+    depth = rng.integers(1, 12, n).astype(float)
+    flops = rng.uniform(1e9, 5e10, n)
+    decode = (np.arange(n) % 2).astype(float)
+    lut = 0.8 * flops / 1e9  # a lookup-table sum that is 20 % low, plus a per-phase overhead to learn
+    latency = np.where(decode == 1, 0.3, 2.0) + flops / 1e9 + 0.05 * depth
+    x[:, col["depth"]], x[:, col["decode"]] = depth, decode
+    x[:, col["log_lut_ms"]], x[:, col["log_flops"]], x[:, col["log_bytes"]] = np.log(lut), np.log(flops), np.log(1e6)
+    model = AdditiveLatency().fit(x, np.log(latency / lut))
+    predicted = lut * np.exp(model.predict(x))
+    assert np.max(np.abs(predicted / latency - 1)) < 0.01
+    assert all((c >= 0).all() for c in model.coef_.values())  # every term adds time

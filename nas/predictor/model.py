@@ -3,7 +3,8 @@
 Features are the shape and workload numbers plus the lookup-table sum of the blocks, the
 analytic FLOPs and bytes; the target is ``log(latency / lut_sum)``, a correction of the
 lookup-table estimate, so that trees and networks never have to extrapolate absolute
-latencies. Candidates (gradient-boosted trees, an MLP, a ridge fit) are compared by
+latencies. Candidates (gradient-boosted trees, an MLP, a ridge fit, and an additive
+non-negative fit of overhead + blocks + FLOPs + bytes + layers per workload) are compared by
 cross-validated error on the fitting rows and the best is kept.
 
 Portability. A saved predictor is its *recipe* (table path and sha256, candidates, seed,
@@ -20,7 +21,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,7 +36,7 @@ FEATURES = (
     "depth", "heads", "kv_heads", "ffn", "hidden", "decode", "batch", "seq_len", "context_len",
     "log_lut_ms", "log_flops", "log_bytes",
 )  # fmt: skip
-CANDIDATES = ("gbt", "mlp", "ridge")
+CANDIDATES = ("gbt", "mlp", "ridge", "additive")
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,52 @@ def _make(name: str, seed: int) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 32), alpha=1e-3, max_iter=800, random_state=seed))
+    if name == "additive":
+        return AdditiveLatency()
     return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
+
+
+class AdditiveLatency:
+    """Latency as a non-negative sum of physical terms, one fit per workload.
+
+    ``latency = c0 + c1 * lut_ms + c2 * flops + c3 * bytes + c4 * depth``, least squares on the
+    relative error with every coefficient >= 0 (a fixed overhead, the blocks as measured, compute,
+    memory traffic, a per-layer cost). Where the trees and the ridge learn a multiplicative
+    correction of the lookup-table sum, this one keeps the additive structure latency has: with
+    few rows, on big models whose latency is close to linear in FLOPs and bytes, it extrapolates
+    where they cannot. Same interface as the other candidates: it reads the feature matrix and
+    predicts ``log(latency / lut_ms)``.
+    """
+
+    _GROUP: ClassVar[list[int]] = [FEATURES.index(f) for f in ("decode", "batch", "seq_len", "context_len")]
+    _DEPTH, _LUT, _FLOPS, _BYTES = (FEATURES.index(f) for f in ("depth", "log_lut_ms", "log_flops", "log_bytes"))
+
+    def _terms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lut = np.exp(x[:, self._LUT])
+        terms = np.column_stack([np.ones(len(x)), lut, np.exp(x[:, self._FLOPS]), np.exp(x[:, self._BYTES]), x[:, self._DEPTH]])
+        return terms, lut
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> AdditiveLatency:
+        from scipy.optimize import nnls
+
+        terms, lut = self._terms(x)
+        latency = lut * np.exp(y)
+        self.scale_ = np.maximum(np.abs(terms).max(axis=0), 1e-12)
+        self.coef_: dict[tuple[float, ...], np.ndarray] = {}
+        groups = [tuple(row) for row in x[:, self._GROUP]]
+        for key in [*sorted(set(groups)), None]:  # one fit per workload, and one over all for a new workload
+            mask = np.ones(len(x), dtype=bool) if key is None else np.array([g == key for g in groups])
+            a = terms[mask] / self.scale_ / latency[mask, None]  # relative error: divide each row by its latency
+            coef, _ = nnls(a, np.ones(int(mask.sum())))
+            self.coef_[key if key is not None else ()] = coef / self.scale_
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        terms, lut = self._terms(x)
+        keys, inverse = np.unique(x[:, self._GROUP], axis=0, return_inverse=True)
+        coefs = np.array([self.coef_.get(tuple(k), self.coef_[()]) for k in keys])
+        out = np.einsum("ij,ij->i", terms, coefs[inverse.reshape(-1)])
+        return np.asarray(np.log(np.maximum(out, 1e-9) / lut))
 
 
 def table_bandwidth_gb_s(table: Any) -> float | None:
