@@ -114,7 +114,7 @@ def verify(
         measured_noisy=bool(measurement.noisy),
         measured_on=time.strftime("%Y-%m-%d"),
     )
-    table_speed = _at_table_speed(measurement, source, tables_root)
+    table_speed = _at_table_speed(measurement, entry.get("table") or source, entry.get("tables_root") or tables_root)
     if table_speed is not None:
         entry.update(measured_ms_table_speed=round(table_speed, 4), measured_reference_ms=round(measurement.reference_ms, 5))
     updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)

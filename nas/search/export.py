@@ -103,6 +103,17 @@ def export_study(storage: str, name: str, out: str | Path, *, plot: bool = True)
     return ExportResult(out=out, configs=configs, csv=csv_path, plots=plots)
 
 
+def _table_of(study_attrs: dict[str, Any]) -> dict[str, str]:
+    """The latency table the prediction came from (its label, and its root folder when the search named one)."""
+    out = {}
+    if study_attrs.get("latency_table"):
+        out["table"] = str(study_attrs["latency_table"])
+    root = (study_attrs.get("search_config", {}).get("factory_args") or {}).get("tables")
+    if root:
+        out["tables_root"] = str(root)
+    return out
+
+
 def subnet_config(study_attrs: dict[str, Any], trial: Any, metric: str) -> SubnetConfig:
     base = study_attrs.get("base_model") or {}
     if not base.get("source"):
@@ -113,7 +124,7 @@ def subnet_config(study_attrs: dict[str, Any], trial: Any, metric: str) -> Subne
     key = f"{search.get('device')}/{search.get('runtime')}/{search.get('workload')}"
     objectives = {
         "accuracy": {"metric": metric, "value": trial.values[0], "direction": study_attrs.get("accuracy_direction")},
-        "latency": {key: {"predicted_ms": ua.get("predicted_latency_ms"), "source": ua.get("latency_source")}},
+        "latency": {key: {"predicted_ms": ua.get("predicted_latency_ms"), "source": ua.get("latency_source"), **_table_of(study_attrs)}},
         "memory_mb": ua.get("memory_mb"),
         "study": {"name": study_attrs.get("search_config", {}).get("study"), "trial": trial.number},
     }
