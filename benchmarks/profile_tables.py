@@ -30,12 +30,12 @@ MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, "--rounds", "5"], "onnxruntime": ["--grid", MINILM_GRID, "--rounds", "5"]}),
     "ref-llama-12l": (
         "ref-decoder",
-        {"torch": ["--grid", '{"whole_model_samples": 130}', "--rounds", "5"],
+        {"torch": ["--grid", '{"whole_model_samples": 130}', "--rounds", "9"],
          "onnxruntime": ["--grid", '{"whole_model_samples": 130}', "--rounds", "3"]},
     ),
     "qwen2.5-0.5b": (
         "qwen2.5-0.5b",
-        {"torch": ["--grid", '{"whole_model_samples": 90}', "--rounds", "1"],
+        {"torch": ["--grid", '{"whole_model_samples": 90}', "--rounds", "3"],
          "onnxruntime": ["--grid", '{"whole_model_samples": 3, "head_pairs": 7}', "--rounds", "1"]},
     ),
 }

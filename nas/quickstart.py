@@ -47,6 +47,8 @@ class QuickstartResult:
     measured_latency_ms: float
     full_latency_ms: float
     seconds: dict[str, float] = field(default_factory=dict)
+    #: The best shape's measurement at the machine speed its table was measured at (reference probe).
+    measured_latency_ms_table_speed: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -138,6 +140,7 @@ def run_quickstart(
         pareto_configs=len(export.configs), best_config=best_config, best_shape=result.shape, metric=result.metric,
         best_accuracy=result.measured_accuracy, predicted_latency_ms=float(best.values[1]),
         measured_latency_ms=result.measured_latency_ms, full_latency_ms=full_measured.latency_ms_p50, seconds=seconds,
+        measured_latency_ms_table_speed=result.measured_latency_ms_table_speed,
     )  # fmt: skip
 
 

@@ -39,6 +39,11 @@ def quickstart_command(
     )
     Console().print(table)
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    if result.measured_latency_ms_table_speed is not None:
+        Console().print(
+            f"measured at the table's machine speed (reference probe): {result.measured_latency_ms_table_speed:.2f} ms "
+            f"vs {result.predicted_latency_ms:.2f} predicted; the table keeps this machine's quiet moments"
+        )
     Console().print(
         f"budget {result.budget_ms:g} ms predicted; latency table {result.table}; predictor {result.predictor}\n"
         f"{result.pareto_configs} Pareto configs in {result.out / 'pareto'}; checkpoint of the best in {result.out / 'best'}\n"
