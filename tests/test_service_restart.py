@@ -56,7 +56,7 @@ def test_worker_killed_mid_run_resumes_after_restart_losing_no_trial(tmp_path):
     db = f"sqlite:///{tmp_path / 'service.db'}"
     storage = f"sqlite:///{tmp_path / 'k' / 'study.db'}"
     with server_process(tmp_path, db, workers=1) as (url, _):
-        run = httpx.post(f"{url}/runs", json=run_body("k", 40, factory_args={"delay_s": 0.15}, seed=5), headers=auth()).json()
+        run = httpx.post(f"{url}/runs", json=run_body("k", 40, factory_args={"delay_s": 0.3}, seed=5), headers=auth()).json()
         kept = wait_until(lambda: (lambda c: c if len(c) >= 6 else None)(complete(storage, "k")), 180, "6 finished trials")
         running = status(url, run["id"])
         assert running["status"] == "running" and running["worker_pid"]
