@@ -24,8 +24,11 @@ def fit_command(device: str = DEVICE, runtime: str = RUNTIME, model: str = MODEL
                 holdout: float = typer.Option(0.4, "--holdout", help="Share of whole-model rows kept out of the fit for `predictor eval` (0 to fit on all)."),
                 as_json: bool = typer.Option(False, "--json")) -> None:  # fmt: skip
     """Fit (or refit) the predictor on a table's whole-model rows and save it beside the table."""
+    from nas.errors import AnyshapeError
     from nas.predictor.api import predictor_for, predictor_path
 
+    if not 0.0 <= holdout < 1.0:
+        raise AnyshapeError(f"--holdout is {holdout}; allowed range [0, 1) (the share of whole-model rows kept out of the fit)")
     predictor, spec = predictor_for(device, runtime, model, tables_root=tables, table=table, refit=True, seed=seed,
                                     holdout_fraction=holdout)
     path = predictor_path(tables, device, runtime, table or spec.name)
