@@ -133,3 +133,7 @@ def test_additive_candidate_recovers_a_linear_latency_per_workload():
     predicted = lut * np.exp(model.predict(x))
     assert np.max(np.abs(predicted / latency - 1)) < 0.01
     assert all((c >= 0).all() for c in model.coef_.values())  # every term adds time
+    # each workload (and the all-rows fallback) picked its error weighting by cross-validation, reproducibly
+    assert set(model.power_) == set(model.coef_) and set(model.power_.values()) <= set(AdditiveLatency.POWERS)
+    again = AdditiveLatency().fit(x, np.log(latency / lut))
+    assert again.power_ == model.power_ and all(np.array_equal(again.coef_[k], model.coef_[k]) for k in model.coef_)
