@@ -43,7 +43,9 @@ def fitted(table):
 
 def test_fit_predict_and_eval(fitted):
     predictor = fitted
-    assert predictor.chosen in ("gbt", "mlp", "ridge", "additive") and set(predictor.cv_mape) == {"gbt", "mlp", "ridge", "additive"}
+    candidates = {"gbt", "mlp", "ridge", "additive"}
+    assert set(predictor.cv_mape) == candidates and set(predictor.chosen_by_workload.values()) <= candidates
+    assert set(predictor.chosen_by_workload) == {"prefill:b1:s16", "decode:b1:c16"}  # one model per workload
     report = evaluate_predictor(predictor)
     for name in ("prefill:b1:s16", "decode:b1:c16"):
         learned = report["workloads"][name]["learned"]
@@ -137,3 +139,25 @@ def test_additive_candidate_recovers_a_linear_latency_per_workload():
     assert set(model.power_) == set(model.coef_) and set(model.power_.values()) <= set(AdditiveLatency.POWERS)
     again = AdditiveLatency().fit(x, np.log(latency / lut))
     assert again.power_ == model.power_ and all(np.array_equal(again.coef_[k], model.coef_[k]) for k in model.coef_)
+
+
+def test_a_workload_too_thin_to_fit_alone_uses_the_model_over_all_workloads(table, tmp_path):
+    from profilers.tables import load_table, write_table
+
+    full = load_table(table, check_software=False)
+    decode_whole = [r for r in full.rows if r["block"] == "whole-model" and r["phase"] == "decode"]
+    rows = [r for r in full.rows if r not in decode_whole[4:]]  # 4 decode shapes left: too few for 5 folds
+    thin = tmp_path / full.device / full.runtime / "tiny.csv"
+    thin.parent.mkdir(parents=True)
+    write_table(thin, rows, {k: v for k, v in full.meta.items() if k not in ("rows", "file")})
+    predictor = fit_predictor(thin, CONFIG, seed=0, holdout_fraction=0.0)
+    assert set(predictor.chosen_by_workload) == {"prefill:b1:s16", "*"}
+    assert set(predictor.cv_mape_by_workload["*"]) == set(predictor.cv_mape)
+    shapes = [Shape(layers=(0, 1, 2), heads=4, kv_heads=2, ffn=128)]
+    own = predictor._model.models[next(iter(predictor._model.models))]
+    assert len(predictor._model.models) == 1 and own is not predictor._model.fallback
+    decode = predictor.predict(shapes, DECODE)[0]
+    measured = {(r["depth"], r["heads"], r["kv_heads"], r["ffn"]): r["latency_ms_p50"] for r in decode_whole}
+    assert decode > 0 and np.isfinite(decode)
+    # the fallback learned decode from the prefill rows and the 4 decode ones: in range of what was measured
+    assert min(measured.values()) * 0.5 < decode < max(measured.values()) * 2

@@ -4,8 +4,10 @@ Features are the shape and workload numbers plus the lookup-table sum of the blo
 analytic FLOPs and bytes; the target is ``log(latency / lut_sum)``, a correction of the
 lookup-table estimate, so that trees and networks never have to extrapolate absolute
 latencies. Candidates (gradient-boosted trees, an MLP, a ridge fit, and an additive
-non-negative fit of overhead + blocks + FLOPs + bytes + layers per workload) are compared by
-cross-validated error on the fitting rows and the best is kept.
+non-negative fit of overhead + blocks + FLOPs + bytes + layers) are compared by
+cross-validated error on the fitting rows and the best is kept, separately for each workload
+(prefill and decode differ in what their latency follows), with one model over all workloads
+for a workload too thin to fit alone.
 
 Portability. A saved predictor is its *recipe* (table path and sha256, candidates, seed,
 held-out split) in JSON plus the fitted model in a joblib file stamped with the scikit-learn
@@ -74,6 +76,10 @@ class LatencyPredictor:
     label: str  # where the numbers come from, for display
     bandwidth_gb_s: float | None
     holdout_keys: list[str] = field(default_factory=list)
+    #: The candidate each workload (by name, "*" for the model over all workloads) chose, and
+    #: every candidate's cross-validated MAPE there.
+    chosen_by_workload: dict[str, str] = field(default_factory=dict)
+    cv_mape_by_workload: dict[str, dict[str, float]] = field(default_factory=dict)
     _model: Any = field(default=None, repr=False)
     _lut: BlockLUT | None = field(default=None, repr=False)
     _costs: Any = field(default=None, repr=False)
@@ -174,6 +180,8 @@ class LatencyPredictor:
                 "label": self.label,
                 "bandwidth_gb_s": self.bandwidth_gb_s,
                 "holdout_keys": self.holdout_keys,
+                "chosen_by_workload": self.chosen_by_workload,
+                "cv_mape_by_workload": self.cv_mape_by_workload,
                 "sklearn_version": sklearn.__version__,
                 "model_sha256": hashlib.sha256(blob.read_bytes()).hexdigest(),
             },
@@ -222,15 +230,64 @@ def _fit(recipe: FitRecipe, table: Any) -> LatencyPredictor:
         return predictor
     from threadpoolctl import threadpool_limits
 
-    x, y = _design(predictor, fit_rows)
     # One thread: a few hundred rows gain nothing from more, and OpenMP's spinning barriers
     # (gradient-boosted trees) crawl when the machine is busy (minutes instead of seconds).
+    groups = sorted(_by_workload(fit_rows).items(), key=lambda kv: kv[0].name)
+    models: dict[tuple[float, ...], Any] = {}
+    scores_by_workload: dict[str, dict[str, float]] = {}
+    rows_by_workload: dict[str, int] = {}
     with threadpool_limits(limits=1):
-        scores = {name: _cv_mape(name, x, y, recipe) for name in recipe.candidates}
-        predictor.chosen = min(scores, key=lambda n: (scores[n], n))
-        predictor.cv_mape = {k: round(v, 5) for k, v in scores.items()}
-        predictor._model = _make(predictor.chosen, recipe.seed).fit(x, y)
+        for workload, items in groups:
+            if len(items) < recipe.cv_folds * 2:  # too thin to fit alone: the model over all workloads
+                continue
+            x, y = _design(predictor, items)
+            model, scores = _choose(recipe, x, y)
+            models[tuple(x[0, PerWorkload.GROUP])] = model
+            scores_by_workload[workload.name], rows_by_workload[workload.name] = scores, len(items)
+        if len(groups) == 1 and models:  # one workload: its model is the model over all workloads
+            fallback = next(iter(models.values()))
+        else:
+            fallback, joint_scores = _choose(recipe, *_design(predictor, fit_rows))
+            thin = len(fit_rows) - sum(rows_by_workload.values())
+            if thin:
+                scores_by_workload["*"], rows_by_workload["*"] = joint_scores, thin
+    predictor._model = PerWorkload(models, fallback)
+    predictor.cv_mape_by_workload = {w: {k: round(v, 5) for k, v in sc.items()} for w, sc in scores_by_workload.items()}
+    predictor.chosen_by_workload = {w: min(sc, key=lambda n: (sc[n], n)) for w, sc in scores_by_workload.items()}
+    total = sum(rows_by_workload.values())
+    predictor.cv_mape = {
+        name: round(sum(sc[name] * rows_by_workload[w] for w, sc in scores_by_workload.items()) / total, 5)
+        for name in recipe.candidates
+    }  # row-weighted over the workloads' own fits
+    distinct = sorted(set(predictor.chosen_by_workload.values()))
+    predictor.chosen = distinct[0] if len(distinct) == 1 else ", ".join(f"{w} {c}" for w, c in predictor.chosen_by_workload.items())
     return predictor
+
+
+def _choose(recipe: FitRecipe, x: np.ndarray, y: np.ndarray) -> tuple[Any, dict[str, float]]:
+    """The candidate with the lowest cross-validated MAPE, fit on all of ``x``, and every candidate's score."""
+    scores = {name: _cv_mape(name, x, y, recipe) for name in recipe.candidates}
+    best = min(scores, key=lambda n: (scores[n], n))
+    return _make(best, recipe.seed).fit(x, y), scores
+
+
+class PerWorkload:
+    """One fitted candidate per workload, and a fallback fit over all workloads for the others."""
+
+    GROUP: ClassVar[list[int]] = [FEATURES.index(f) for f in ("decode", "batch", "seq_len", "context_len")]
+
+    def __init__(self, models: dict[tuple[float, ...], Any], fallback: Any):
+        self.models = {tuple(float(v) for v in k): m for k, m in models.items()}
+        self.fallback = fallback
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        keys, inverse = np.unique(x[:, self.GROUP], axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        out = np.empty(len(x))
+        for j, key in enumerate(keys):
+            rows = inverse == j
+            out[rows] = self.models.get(tuple(float(v) for v in key), self.fallback).predict(x[rows])
+        return out
 
 
 def _design(predictor: LatencyPredictor, rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -422,6 +479,7 @@ def _fit_shell(recipe: FitRecipe, table: Any, saved: dict[str, Any]) -> LatencyP
     predictor = LatencyPredictor(
         recipe=recipe, chosen=saved["chosen"], cv_mape=saved["cv_mape"], source=table.source, label=table.label,
         bandwidth_gb_s=saved.get("bandwidth_gb_s"), holdout_keys=saved.get("holdout_keys", []),
+        chosen_by_workload=saved.get("chosen_by_workload", {}), cv_mape_by_workload=saved.get("cv_mape_by_workload", {}),
     )  # fmt: skip
     predictor._lut = BlockLUT(table.rows, family.kind)
     predictor._costs = ModelDims.from_config(family, recipe.model_config)
