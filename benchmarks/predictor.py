@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             for method in METHODS:
                 if method in entry:
                     m = entry[method]
-                    chosen = predictor.chosen_by_workload.get(workload, predictor.chosen)
+                    chosen = predictor.chosen_by_workload.get(workload) or predictor.chosen_by_workload.get("*") or predictor.chosen
                     name = f"**{method}** ({chosen}, holdout {holdout:g})" if method == "learned" else method
                     print(f"| {label} | {workload} | {name} | {m['n']} | {m['rmse_ms']:.3g} | {m['mape']:.1%} | "
                           f"{m['within_5pct']:.0%} | {m['within_10pct']:.0%} | {m['kendall_tau']:.3f} |")

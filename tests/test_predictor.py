@@ -45,7 +45,9 @@ def test_fit_predict_and_eval(fitted):
     predictor = fitted
     candidates = {"gbt", "mlp", "ridge", "additive"}
     assert set(predictor.cv_mape) == candidates and set(predictor.chosen_by_workload.values()) <= candidates
-    assert set(predictor.chosen_by_workload) == {"prefill:b1:s16", "decode:b1:c16"}  # one model per workload
+    assert set(predictor.chosen_by_workload) == {"prefill:b1:s16", "decode:b1:c16", "*"}  # one model per workload, and one over all
+    assert predictor.chosen_for(PREFILL) == predictor.chosen_by_workload["prefill:b1:s16"]
+    assert predictor.chosen_for(Workload("decode", 1, 64)) == predictor.chosen_by_workload["*"]  # no rows of its own
     report = evaluate_predictor(predictor)
     for name in ("prefill:b1:s16", "decode:b1:c16"):
         learned = report["workloads"][name]["learned"]

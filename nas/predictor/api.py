@@ -71,6 +71,6 @@ def predict_latency(
         "table": predictor.label,
         "workload": workload.name,
         "shape": resolved.to_dict(),
-        "model": predictor.chosen,
+        "model": predictor.chosen_for(workload),
         "flag": flag,
     }

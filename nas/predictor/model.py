@@ -86,6 +86,11 @@ class LatencyPredictor:
     refit_reason: str | None = None
 
     # ------------------------------------------------------------------ predict
+    def chosen_for(self, workload: Workload) -> str:
+        """The candidate that predicts ``workload``: its own, or the model over all workloads."""
+        by = self.chosen_by_workload
+        return by.get(workload.name) or by.get("*") or self.chosen
+
     def predict(self, shapes: Sequence[Shape], workload: Workload) -> np.ndarray:
         """Latency in ms of each resolved shape (one batch call; thousands per second)."""
         if not shapes:
@@ -247,10 +252,9 @@ def _fit(recipe: FitRecipe, table: Any) -> LatencyPredictor:
         if len(groups) == 1 and models:  # one workload: its model is the model over all workloads
             fallback = next(iter(models.values()))
         else:
-            fallback, joint_scores = _choose(recipe, *_design(predictor, fit_rows))
-            thin = len(fit_rows) - sum(rows_by_workload.values())
-            if thin:
-                scores_by_workload["*"], rows_by_workload["*"] = joint_scores, thin
+            # the model over all workloads: for thin workloads, and any the table has no fitting rows of
+            fallback, scores_by_workload["*"] = _choose(recipe, *_design(predictor, fit_rows))
+            rows_by_workload["*"] = len(fit_rows) - sum(rows_by_workload.values())  # the thin workloads' rows
     predictor._model = PerWorkload(models, fallback)
     predictor.cv_mape_by_workload = {w: {k: round(v, 5) for k, v in sc.items()} for w, sc in scores_by_workload.items()}
     predictor.chosen_by_workload = {w: min(sc, key=lambda n: (sc[n], n)) for w, sc in scores_by_workload.items()}
@@ -258,9 +262,10 @@ def _fit(recipe: FitRecipe, table: Any) -> LatencyPredictor:
     predictor.cv_mape = {
         name: round(sum(sc[name] * rows_by_workload[w] for w, sc in scores_by_workload.items()) / total, 5)
         for name in recipe.candidates
-    }  # row-weighted over the workloads' own fits
-    distinct = sorted(set(predictor.chosen_by_workload.values()))
-    predictor.chosen = distinct[0] if len(distinct) == 1 else ", ".join(f"{w} {c}" for w, c in predictor.chosen_by_workload.items())
+    }  # row-weighted over the models that predict the fitting rows
+    used = {w: c for w, c in predictor.chosen_by_workload.items() if rows_by_workload[w]}
+    distinct = sorted(set(used.values()))
+    predictor.chosen = distinct[0] if len(distinct) == 1 else ", ".join(f"{w} {c}" for w, c in used.items())
     return predictor
 
 
@@ -281,7 +286,10 @@ class PerWorkload:
         self.fallback = fallback
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        keys, inverse = np.unique(x[:, self.GROUP], axis=0, return_inverse=True)
+        groups = x[:, self.GROUP]
+        if len(x) and (groups == groups[0]).all():  # the usual call: one workload
+            return np.asarray(self.models.get(tuple(float(v) for v in groups[0]), self.fallback).predict(x))
+        keys, inverse = np.unique(groups, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
         out = np.empty(len(x))
         for j, key in enumerate(keys):
