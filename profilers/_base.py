@@ -42,10 +42,14 @@ class BaseProfiler(ABC):
     def runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
         """``run(n)`` for ``point``: executes it ``n`` times and returns the elapsed milliseconds."""
 
+    def probe_usable(self) -> bool:
+        """Whether this runtime, as configured, leaves the CPU alone between runs (default: :attr:`probe_compatible`)."""
+        return self.probe_compatible
+
     @property
     def probe(self) -> Callable[[], float] | None:
         """The reference matmul timed beside every sample (CPU with ``protocol.reference``), else None."""
-        if self.device != "cpu" or not self.protocol.reference or not self.probe_compatible:
+        if self.device != "cpu" or not self.protocol.reference or not self.probe_usable():
             return None
         if self._probe is None:
             self._probe = ReferenceProbe(self.protocol.threads)

@@ -32,10 +32,15 @@ class OnnxRuntimeProfiler(BaseProfiler):
     _builder: BlockBuilder | None = None
     _workdir: tempfile.TemporaryDirectory[str] | None = None
     #: ORT's intra-op threads spin for a while after every run, so a matmul timed right after a
-    #: sample measured them (a 0.8 ms probe took 5-15 ms): ORT tables rely on passes alone.
+    #: sample measured them (a 0.8 ms probe took 5-15 ms): with spinning on (ORT's default) ORT
+    #: tables rely on passes alone. ``protocol.spinning = False`` turns it off and the probe on
+    #: (MiniLM ran as fast, 34.2 vs 32.9-35.5 ms, and the probe read a steady 1.4-1.6 ms).
     probe_compatible: ClassVar[bool] = False
     #: Most bytes of exported graphs kept on disk for later passes.
     export_cache_bytes: ClassVar[int] = 8 << 30
+
+    def probe_usable(self) -> bool:
+        return not self.protocol.spinning
 
     @property
     def provider(self) -> str:
@@ -101,6 +106,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.protocol.spinning else "0")
         session = ort.InferenceSession(str(path), options, providers=[self.provider])
         if not kept:  # the session holds the graph now; one uncached graph at a time on disk
             for f in path.parent.glob(f"{path.name}*"):
@@ -122,6 +128,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
 
         info = super().describe()
         info.update(onnxruntime=ort.__version__, provider=self.provider, graph_optimization="ORT_ENABLE_ALL",
+                    intra_op_spinning=self.protocol.spinning,
                     export="torch.onnx.export(dynamo=True), fixed shapes per point")
         return info
 

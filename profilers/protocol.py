@@ -62,6 +62,10 @@ class ProtocolConfig:
     reference: bool = field(
         default=True, metadata={"help": "CPU: time a fixed matmul beside the samples and scale every point to the run's typical speed"}
     )
+    spinning: bool = field(
+        default=True,
+        metadata={"help": "ONNX Runtime: intra-op threads spin between runs (its default); off lets the reference probe run beside it"},
+    )
     pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
 
     def __post_init__(self) -> None:
@@ -84,6 +88,9 @@ class ProtocolConfig:
             raise AnyshapeError(f"protocol.max_remeasures is {self.max_remeasures}; it must be >= 0")
         if self.rounds < 1:
             raise AnyshapeError(f"protocol.rounds is {self.rounds}; it must be >= 1")
+        for name in ("reference", "spinning"):
+            if not isinstance(getattr(self, name), bool):
+                raise AnyshapeError(f"protocol.{name} is {getattr(self, name)!r}; it must be true or false")
         if self.pin_cpus is not None:
             if not self.pin_cpus or any(not 0 <= c < cores for c in self.pin_cpus):
                 raise AnyshapeError(f"protocol.pin_cpus is {list(self.pin_cpus)}; CPUs must be in 0..{cores - 1}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nas.errors import AnyshapeError
 from profilers._base import BaseProfiler
 from profilers.fake import FakeProfiler
 from profilers.protocol import ProtocolConfig
@@ -67,3 +68,25 @@ def test_the_reference_probe_is_for_cpu_runtimes_that_leave_the_cpu_alone() -> N
     assert TorchProfiler(dataclasses.replace(FAST, reference=False)).probe is None
     assert TorchProfiler(FAST, device="cuda").probe is None
     assert OnnxRuntimeProfiler(FAST).probe is None  # its spinning threads would be what the probe measures
+    assert OnnxRuntimeProfiler(dataclasses.replace(FAST, spinning=False)).probe is not None  # spinning off: probed
+    with pytest.raises(AnyshapeError, match=r"protocol\.spinning"):
+        dataclasses.replace(FAST, spinning="no")
+
+
+@pytest.mark.slow
+def test_onnxruntime_without_spinning_is_probed_and_says_so(tmp_path: Path) -> None:
+    import json
+
+    from nas.families import family_for
+    from profilers.blocks import ModelSpec
+    from profilers.environment import cpu_slug
+    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
+    from profilers.run import profile
+    from profilers.testing import SMALL_GRID, TINY_LLAMA
+
+    profiler = OnnxRuntimeProfiler(dataclasses.replace(FAST, rounds=1, spinning=False))
+    spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
+    result = profile(spec, cpu_slug(), "onnxruntime", tmp_path, grid=SMALL_GRID, profiler=profiler, progress=False, bandwidth_buffer_mib=16)
+    entry = json.loads((result.path.parent / "meta.json").read_text())["tables"]["tiny-llama"]
+    assert entry["runtime_info"]["intra_op_spinning"] is False and entry["protocol"]["spinning"] is False
+    assert len(entry["reference"]["probe_ms_by_point"]) == result.rows  # every point was probed
