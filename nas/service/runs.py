@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -307,9 +308,12 @@ def worker_main(settings: WorkerSettings, stop: Any, parent_pid: int) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not logging.getLogger().handlers:  # a spawned process starts unconfigured: say what it claims on stderr
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     log = logging.getLogger("anyshape.service.worker")
     store = RunStore(settings.db_url)
     host, pid = worker_id()
+    log.info("worker %d: started", pid)
     try:
         while not stop.is_set() and os.getppid() == parent_pid:  # ends with the service
             store.requeue_stale(settings.stale_after_s, settings.max_attempts)
