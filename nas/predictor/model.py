@@ -39,6 +39,8 @@ FEATURES = (
     "log_lut_ms", "log_flops", "log_bytes",
 )  # fmt: skip
 CANDIDATES = ("gbt", "mlp", "ridge", "additive")
+#: The feature columns that name a row's workload (rows of one workload share them).
+WORKLOAD_COLUMNS = [FEATURES.index(f) for f in ("decode", "batch", "seq_len", "context_len")]
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,7 @@ def _choose(recipe: FitRecipe, x: np.ndarray, y: np.ndarray) -> tuple[Any, dict[
 class PerWorkload:
     """One fitted candidate per workload, and a fallback fit over all workloads for the others."""
 
-    GROUP: ClassVar[list[int]] = [FEATURES.index(f) for f in ("decode", "batch", "seq_len", "context_len")]
+    GROUP: ClassVar[list[int]] = WORKLOAD_COLUMNS
 
     def __init__(self, models: dict[tuple[float, ...], Any], fallback: Any):
         self.models = {tuple(float(v) for v in k): m for k, m in models.items()}
@@ -360,7 +362,7 @@ class AdditiveLatency:
     #: Folds of the per-workload choice of power (fewer rows: leave-one-out).
     FOLDS: ClassVar[int] = 5
 
-    _GROUP: ClassVar[list[int]] = [FEATURES.index(f) for f in ("decode", "batch", "seq_len", "context_len")]
+    _GROUP: ClassVar[list[int]] = WORKLOAD_COLUMNS
     _DEPTH, _LUT, _FLOPS, _BYTES = (FEATURES.index(f) for f in ("depth", "log_lut_ms", "log_flops", "log_bytes"))
 
     def _terms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
