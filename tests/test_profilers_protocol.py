@@ -170,3 +170,22 @@ def test_fastest_round_keeps_the_least_disturbed_pass() -> None:
     assert fastest_round([m(10.0, 1.0), m(11.0, 1.2)]).latency_ms_p50 == 11.0
     with pytest.raises(ValueError):
         fastest_round([])
+
+
+def test_reference_probe_times_a_warm_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe must not time the cache misses the sample before it left behind (a cold probe
+    read a third slower after a whole-model decode step): one untimed call, then the timed one."""
+    import time
+
+    import torch
+
+    from profilers.protocol import ReferenceProbe
+
+    probe = ReferenceProbe(threads=1)
+    events: list[str] = []
+    real_mm, real_clock = torch.mm, time.perf_counter_ns
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: (events.append("mm"), real_mm(*a, **k))[1])
+    monkeypatch.setattr(time, "perf_counter_ns", lambda: (events.append("clock"), real_clock())[1])
+    assert probe() > 0
+    assert events == ["mm", "clock", "mm", "clock"]
+    assert probe.describe()["warm"] is True
