@@ -74,6 +74,7 @@ def verify(
     from nas.supernet.calibration import CalibrationConfig, prepare_data
     from nas.supernet.cut import extract_from_supernet, load_supernet_for
     from nas.supernet.evaluate import SubnetEvaluator
+    from profilers.cost import ModelDims, block_cost
     from profilers.devices import check_device_name
 
     start = time.perf_counter()
@@ -114,7 +115,9 @@ def verify(
         measured_noisy=bool(measurement.noisy),
         measured_on=time.strftime("%Y-%m-%d"),
     )
-    table_speed = _at_table_speed(measurement, entry.get("table") or source, entry.get("tables_root") or tables_root)
+    cost = block_cost(ModelDims.from_config(family, source_model.config_dict()), whole_model_point(shape, workload))
+    table_speed = _at_table_speed(measurement, entry.get("table") or source, entry.get("tables_root") or tables_root,
+                                  {"flops": cost.flops, "weight_bytes": cost.weight_bytes, "activation_bytes": cost.activation_bytes})
     if table_speed is not None:
         entry.update(measured_ms_table_speed=round(table_speed, 4), measured_reference_ms=round(measurement.reference_ms, 5))
     updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)
@@ -139,12 +142,16 @@ def verify(
     )
 
 
-def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Path) -> float | None:
-    """``p50 * baseline / probe``: the measurement at the speed the prediction's table saw this machine.
+def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Path, cost: dict[str, float]) -> float | None:
+    """``p50 * (baseline / probe) ** share``: the measurement at the speed the prediction's table saw this machine.
 
-    ``source`` is the table's label (``device/runtime/name (measured)``); None where the table, its
-    reference baseline or this measurement's probe is missing.
+    ``share`` is the shape's compute share (``cost``: its flops and bytes) on the table's roofs, as
+    the table scaled its rows (1 for tables that scaled every row in full). ``source`` is the
+    table's label (``device/runtime/name (measured)``); None where the table, its reference
+    baseline or this measurement's probe is missing.
     """
+    from profilers.environment import l3_cache_bytes
+    from profilers.run import compute_share
     from profilers.tables import read_meta
 
     if measurement.reference_ms is None or not source:
@@ -157,10 +164,16 @@ def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Pat
         meta = read_meta(Path(tables_root) / device / runtime)
     except AnyshapeError:
         return None
-    baseline = ((meta.get("tables") or {}).get(name) or {}).get("reference", {}).get("baseline_ms")
+    table = (meta.get("tables") or {}).get(name) or {}
+    reference = table.get("reference") or {}
+    baseline = reference.get("baseline_ms")
     if not baseline:
         return None
-    return float(measurement.latency_ms_p50 * float(baseline) / measurement.reference_ms)
+    share = 1.0
+    if "compute_share_by_point" in reference:
+        share = compute_share(cost, float(table.get("matmul_gflops") or 0.0),
+                              float((table.get("memory_bandwidth") or {}).get("bound_gb_s") or 0.0), l3_cache_bytes())
+    return float(measurement.latency_ms_p50 * (float(baseline) / measurement.reference_ms) ** share)
 
 
 def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str, Workload, float | None, str | None]:
@@ -177,25 +190,30 @@ def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str
     return f"{device}/{runtime}/{workload.name}", workload, None, None
 
 
+def whole_model_point(shape: Any, workload: Workload) -> Any:
+    """The latency-table point of ``shape`` run as a whole model on ``workload``."""
+    from profilers.workload import BlockPoint
+
+    phase = workload.phase
+    return BlockPoint(
+        "whole-model", phase, workload.batch, workload.seq_len if phase == "prefill" else 1,
+        0 if phase == "prefill" else workload.seq_len, len(shape.layers), shape.heads, shape.kv_heads, shape.ffn,
+    )  # fmt: skip
+
+
 def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any) -> Any:
     """Whole-model latency of ``shape`` for ``workload``, with the profilers' runtime and protocol, on this device."""
     from profilers.blocks import ModelSpec
     from profilers.protocol import ProtocolConfig
     from profilers.run import make_profiler
-    from profilers.workload import BlockPoint
 
     protocol = protocol or ProtocolConfig()
     profiler = make_profiler(runtime, kind, protocol)  # type: ignore[arg-type]
     profiler.check_available()
     spec = ModelSpec(Path(str(source.path)).name, family, source.config_dict())
-    phase = workload.phase
-    point = BlockPoint(
-        "whole-model", phase, workload.batch, workload.seq_len if phase == "prefill" else 1,
-        0 if phase == "prefill" else workload.seq_len, len(shape.layers), shape.heads, shape.kv_heads, shape.ffn,
-    )  # fmt: skip
     profiler.setup()
     try:
-        return profiler.measure_rounds(spec, point)
+        return profiler.measure_rounds(spec, whole_model_point(shape, workload))
     finally:
         profiler.teardown()
 

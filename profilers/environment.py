@@ -96,9 +96,9 @@ def _l3_cache() -> str | None:
     return None
 
 
-def l3_cache_bytes() -> int:
-    """Size of the last-level cache in bytes (32 MiB when unknown)."""
-    text = _l3_cache() or "32768K"
+def l3_cache_bytes(text: str | None = None) -> int:
+    """Size of the last-level cache in bytes: this machine's, or ``text`` as sysfs writes it ("32768K"); 32 MiB when unknown."""
+    text = text or _l3_cache() or "32768K"
     match = re.match(r"(\d+)([KMG]?)", text)
     if not match:
         return 32 * 2**20

@@ -433,10 +433,58 @@ def test_verify_sets_a_measurement_at_the_tables_machine_speed(tmp_path: Path) -
     from nas.verify import _at_table_speed
     from profilers.protocol import Measurement
 
-    label = load_table(run_fake(tmp_path).path).label  # the fake probe's baseline is 1 ms
+    table = load_table(run_fake(tmp_path).path)  # the fake probe's baseline is 1 ms
+    label = table.label
+    small = {"flops": 1e6, "weight_bytes": 1e6, "activation_bytes": 1e5}  # fits the cache: the cores' time
     slow_moment = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, reference_ms=1.2)
-    assert _at_table_speed(slow_moment, label, tmp_path) == pytest.approx(10.0)
+    assert _at_table_speed(slow_moment, label, tmp_path, small) == pytest.approx(10.0)
+    # a memory-bound shape is corrected by its compute share only, as the table scaled its rows
+    big = {"flops": 1e6, "weight_bytes": 8e9, "activation_bytes": 0.0}
+    assert _at_table_speed(slow_moment, label, tmp_path, big) == pytest.approx(12.0, rel=1e-3)
     unprobed = dataclasses.replace(slow_moment, reference_ms=None)
-    assert _at_table_speed(unprobed, label, tmp_path) is None
-    assert _at_table_speed(slow_moment, label, tmp_path / "elsewhere") is None
-    assert _at_table_speed(slow_moment, None, tmp_path) is None
+    assert _at_table_speed(unprobed, label, tmp_path, small) is None
+    assert _at_table_speed(slow_moment, label, tmp_path / "elsewhere", small) is None
+    assert _at_table_speed(slow_moment, None, tmp_path, small) is None
+
+
+def test_compute_share_follows_the_roofline() -> None:
+    from profilers.run import compute_share
+
+    decode = {"flops": 1e9, "weight_bytes": 1.9e9, "activation_bytes": 0.1e9}  # 5 ms of compute, 50 ms of memory
+    assert compute_share(decode, gflops=200, bandwidth_gb_s=40, cache_bytes=32 << 20) == pytest.approx(5 / 55)
+    prefill = {**decode, "flops": 1e12}
+    assert compute_share(prefill, gflops=200, bandwidth_gb_s=40, cache_bytes=32 << 20) == pytest.approx(5000 / 5050)
+    # bytes that fit the last-level cache, or unknown roofs: all of the time is the cores'
+    assert compute_share(decode, gflops=200, bandwidth_gb_s=40, cache_bytes=4 << 30) == 1.0
+    assert compute_share(decode, gflops=0, bandwidth_gb_s=40, cache_bytes=32 << 20) == 1.0
+
+
+def test_rescale_scales_an_old_table_by_compute_share_from_its_probes(tmp_path: Path) -> None:
+    from profilers.run import rescale_table
+    from profilers.tables import row_key
+
+    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
+    slow = dict.fromkeys(range(1, total + 1, 3), 1.5)
+    path = run_fake(tmp_path, profiler=FakeProfiler(FAST, slowdown=slow)).path
+    assert rescale_table(path) == 0  # written by share already
+    # as an older anyshape wrote it: every row scaled in full, no shares; and a 1 KiB cache, so bytes count
+    meta_path = path.parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    entry = meta["tables"][path.stem]
+    del entry["reference"]["compute_share_by_point"]
+    entry["fingerprint"]["l3_cache"] = "1K"
+    meta_path.write_text(json.dumps(meta))
+    before = load_table(path)
+    changed = rescale_table(path)
+    after = load_table(path)
+    ref = after.meta["reference"]
+    baseline, probes, shares = ref["baseline_ms"], ref["probe_ms_by_point"], ref["compute_share_by_point"]
+    assert set(shares) == {row_key(r) for r in after.rows} and all(0 < s <= 1 for s in shares.values())
+    assert changed == sum(1 for k, s in shares.items() if s < 0.999 and abs(probes[k] / baseline - 1) > 1e-2)
+    assert changed > 0 and "rescaled" in ref
+    for old, new in zip(before.rows, after.rows):
+        k = row_key(old)
+        raw = old["latency_ms_p50"] * probes[k] / baseline
+        assert new["latency_ms_p50"] == pytest.approx(raw * (baseline / probes[k]) ** shares[k], rel=1e-4)
+    assert rescale_table(path) == 0  # once is enough
+    assert after.meta["fingerprint"]["l3_cache"] == "1K" and after.meta["rows"] == len(after.rows)

@@ -1,0 +1,38 @@
+"""Scale the measured tables under a folder by compute share again, from the probes their meta.json kept.
+
+    .venv/bin/python scripts/rescale_tables.py [latency_tables]
+
+Tables written before anyshape scaled rows by compute share (every row scaled in full by the
+reference probe) are rewritten (see ``profilers.run.rescale_table``); the others are left alone.
+Nothing is measured.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str]) -> int:
+    from nas.errors import AnyshapeError
+    from profilers.run import rescale_table
+    from profilers.tables import list_tables
+
+    root = argv[0] if argv else str(ROOT / "latency_tables")
+    failed = 0
+    for info in list_tables(root):
+        try:
+            changed = rescale_table(info["path"])
+        except AnyshapeError as e:
+            print(f"{info['path']}: {e}")
+            failed += 1
+            continue
+        print(f"{info['path']}: {changed} rows changed" if changed else f"{info['path']}: left as it is")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
