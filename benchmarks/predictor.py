@@ -2,6 +2,7 @@
 
     python benchmarks/predictor.py                       # every measured table of this CPU
     python benchmarks/predictor.py --refit --holdout 0.4  # refit first (same seeded split)
+    python benchmarks/predictor.py --refit --only onnxruntime/qwen2.5-0.5b  # one table
 
 For each measured table of this machine (``latency_tables/<this cpu>/<runtime>/<name>.csv``):
 fit the predictor if none is saved with the same held-out share (or ``--refit``), then report
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=float, default=0.4)
     parser.add_argument("--min-held-out", type=int, default=50, help="held-out shapes per workload to aim for")
     parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--only", action="append", default=[], metavar="RUNTIME/NAME",
+                        help="score only this table (repeatable), e.g. onnxruntime/qwen2.5-0.5b")
     args = parser.parse_args(argv)
 
     from nas.errors import AnyshapeError
@@ -91,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     device = cpu_slug()
     print(f"# predictors on {device} ({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}\n")
     tables = [t for t in list_tables(args.tables) if t["device"] == device and t["source"] == "measured"]
+    known = {f"{t['runtime']}/{t['name']}" for t in tables}
+    if unknown := sorted(set(args.only) - known):
+        print(f"no measured table {', '.join(unknown)} of {device} under {args.tables} (there are: {', '.join(sorted(known))})")
+        return 1
+    if args.only:
+        tables = [t for t in tables if f"{t['runtime']}/{t['name']}" in args.only]
     if not tables:
         print(f"no measured tables of {device} under {args.tables}")
         return 1
