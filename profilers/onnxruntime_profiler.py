@@ -5,7 +5,9 @@ CPU execution provider by default; the CUDA execution provider where onnxruntime
 Exported graphs live in a temporary directory. With several passes over the points
 (``protocol.rounds``), each graph is exported once and kept for the later passes while the kept
 graphs stay under :attr:`OnnxRuntimeProfiler.export_cache_bytes` (and a quarter of the free disk);
-past that, a graph lives for its own measurement only.
+past that, a graph lives for its own measurement only. With ``protocol.stagger`` a point's passes
+come one point apart and its session stays loaded until its last pass (at most ``rounds``
+sessions at once), so a graph too big to keep is exported once all the same.
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ class OnnxRuntimeProfiler(BaseProfiler):
         self._cache: dict[str, tuple[Path, list[Any]]] = {}  # point key -> (graph, inputs)
         self._cached_bytes = 0
         self._exports = 0
+        self._sessions: dict[str, tuple[Any, dict[str, Any]]] = {}  # point key -> (session, feed); stagger only
 
     def teardown(self) -> None:
         self._builder = None
+        self._sessions = {}
         self._cache = {}
         self._cached_bytes = 0
         if self._workdir is not None:
@@ -88,7 +92,8 @@ class OnnxRuntimeProfiler(BaseProfiler):
         feed = [t.numpy() for t in block.inputs]  # in the graph's input order
         size = sum(f.stat().st_size for f in folder.glob(f"{path.name}*"))
         budget = min(self.export_cache_bytes, shutil.disk_usage(folder).free // 4)
-        keep = self.protocol.rounds > 1 and self._cached_bytes + size <= budget
+        later = self.protocol.rounds > 1 and not self.protocol.stagger  # staggered: the session stays loaded instead
+        keep = later and self._cached_bytes + size <= budget
         if keep:
             self._cache[point.key] = (path, feed)
             self._cached_bytes += size
@@ -99,6 +104,8 @@ class OnnxRuntimeProfiler(BaseProfiler):
 
         if self._workdir is None:
             self.setup()
+        if point.key in self._sessions:
+            return self._run(*self._sessions[point.key])
         path, arrays, kept = self._graph(spec, point)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.protocol.threads
@@ -112,6 +119,13 @@ class OnnxRuntimeProfiler(BaseProfiler):
             for f in path.parent.glob(f"{path.name}*"):
                 f.unlink()
         feed = dict(zip([i.name for i in session.get_inputs()], arrays))
+        if self.protocol.stagger and self.protocol.rounds > 1:  # loaded until its last pass, rounds points later
+            self._sessions[point.key] = (session, feed)
+            while len(self._sessions) > self.protocol.rounds:  # the oldest point's passes are done
+                del self._sessions[next(iter(self._sessions))]
+        return self._run(session, feed)
+
+    def _run(self, session: Any, feed: dict[str, Any]) -> RunFn:
         if self.device == "cuda":  # pragma: no cover - needs a GPU
             return _cuda_run(session, feed)
 

@@ -13,7 +13,9 @@ and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). Th
    kept and, if even that one is above the threshold, the point is flagged ``noisy``;
 5. a table run makes ``rounds`` passes over all its points and keeps, per point, its fastest
    pass (:func:`fastest_round`): a burst of load that inflates a pass of a point as a whole
-   (p10 included, which no statistic inside the pass can see) is dropped. A single measurement (``anyshape verify``) repeats the point instead;
+   (p10 included, which no statistic inside the pass can see) is dropped. With ``stagger`` a
+   point's passes come one point apart instead (:func:`pass_schedule`), so a runtime that must
+   rebuild a point for every pass (ONNX Runtime, graphs too big to keep on disk) keeps it loaded. A single measurement (``anyshape verify``) repeats the point instead;
 6. on a CPU, with ``reference``, a fixed matmul (:class:`ReferenceProbe`) is timed after every
    sample; a table scales each point by ``baseline / reference`` (baseline: the median probe of
    the whole run, kept in meta.json) so that a slow or fast moment of a shared machine does not
@@ -66,6 +68,11 @@ class ProtocolConfig:
         default=True,
         metadata={"help": "ONNX Runtime: intra-op threads spin between runs (its default); off lets the reference probe run beside it"},
     )
+    stagger: bool = field(
+        default=False,
+        metadata={"help": "measure each point's passes one point apart, its block kept loaded, instead of in whole passes "
+                          "over the table: for graphs too big to keep on disk for a later pass"},
+    )
     pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
 
     def __post_init__(self) -> None:
@@ -88,7 +95,7 @@ class ProtocolConfig:
             raise AnyshapeError(f"protocol.max_remeasures is {self.max_remeasures}; it must be >= 0")
         if self.rounds < 1:
             raise AnyshapeError(f"protocol.rounds is {self.rounds}; it must be >= 1")
-        for name in ("reference", "spinning"):
+        for name in ("reference", "spinning", "stagger"):
             if not isinstance(getattr(self, name), bool):
                 raise AnyshapeError(f"protocol.{name} is {getattr(self, name)!r}; it must be true or false")
         if self.pin_cpus is not None:
@@ -256,6 +263,26 @@ def fastest_round(rounds: Sequence[Measurement]) -> Measurement:
         return m.latency_ms_p50 / m.reference_ms if m.reference_ms else m.latency_ms_p50
 
     return min(rounds, key=speed)
+
+
+def pass_schedule(count: int, rounds: int, stagger: bool) -> Iterator[tuple[int, int]]:
+    """The order of a table run's measurements: ``(pass, point index)`` pairs, every pass of every point once.
+
+    Whole passes over the table by default, so that a point's passes lie a whole pass apart. With
+    ``stagger``, step ``j`` measures pass 0 of point ``j``, pass 1 of point ``j - 1`` and so on: a
+    point's passes lie one point apart (on ONNX Runtime Qwen2.5-0.5B: one 10-50 s export apart)
+    and at most ``rounds`` points are loaded at once. Pass ``r`` of a point always comes after its
+    pass ``r - 1``.
+    """
+    if not stagger:
+        for r in range(rounds):
+            for i in range(count):
+                yield r, i
+        return
+    for step in range(count + rounds - 1):
+        for r in range(rounds):
+            if 0 <= step - r < count:
+                yield r, step - r
 
 
 def _calibrate(run: RunFn, config: ProtocolConfig) -> int:

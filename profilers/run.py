@@ -32,7 +32,7 @@ from profilers.environment import (
     measure_matmul_gflops,
     software_versions,
 )
-from profilers.protocol import Measurement, ProtocolConfig, fastest_round, percentile
+from profilers.protocol import Measurement, ProtocolConfig, fastest_round, pass_schedule, percentile
 from profilers.tables import COLUMNS, TABLE_FORMAT, format_rows, parse_rows, row_key, table_csv_path, today, write_table
 from profilers.workload import BlockPoint, GridConfig, build_points
 
@@ -275,27 +275,28 @@ def profile(
     bar = _progress(total, already, f"{device}/{profiler.runtime}/{csv_path.stem}", progress)
     profiler.setup()
     try:
-        for round_ in range(protocol.rounds):  # whole passes, so that a burst of load hits one pass of a point
-            for point in todo:
-                done = passes.setdefault(point.key, [])
-                if len(done) > round_:
-                    continue
-                done.append(asdict(profiler.measure(spec, point)))
-                if len(done) == protocol.rounds:
-                    kept = fastest_round([Measurement(**m) for m in done])
-                    run.append(make_row(point, dims, protocol.threads, kept))  # raw; scaled to the baseline at the end
-                    del passes[point.key]
-                    if protocol.rounds > 1:  # each pass's p50, per probe where probed: how much the passes disagreed
-                        spread[point.key] = [round(m["latency_ms_p50"] / (m["reference_ms"] or 1.0), 6) for m in done]
-                    if kept.reference_ms is not None:
-                        references[point.key] = kept.reference_ms
-                    run.save_state()
-                segment["points"] = int(segment["points"]) + 1
-                segment["seconds"] = round(time.perf_counter() - start, 2)
-                if segment["points"] % 5 == 0:
-                    segment["background_cpu_share"] = monitor.stop()["background_cpu_share"]
-                    run.save_state()
-                bar.update(1)
+        # whole passes, so that a burst of load hits one pass of a point (or staggered: protocol.stagger)
+        for round_, index in pass_schedule(len(todo), protocol.rounds, protocol.stagger):
+            point = todo[index]
+            done = passes.setdefault(point.key, [])
+            if len(done) > round_:
+                continue
+            done.append(asdict(profiler.measure(spec, point)))
+            if len(done) == protocol.rounds:
+                kept = fastest_round([Measurement(**m) for m in done])
+                run.append(make_row(point, dims, protocol.threads, kept))  # raw; scaled to the baseline at the end
+                del passes[point.key]
+                if protocol.rounds > 1:  # each pass's p50, per probe where probed: how much the passes disagreed
+                    spread[point.key] = [round(m["latency_ms_p50"] / (m["reference_ms"] or 1.0), 6) for m in done]
+                if kept.reference_ms is not None:
+                    references[point.key] = kept.reference_ms
+                run.save_state()
+            segment["points"] = int(segment["points"]) + 1
+            segment["seconds"] = round(time.perf_counter() - start, 2)
+            if segment["points"] % 5 == 0:
+                segment["background_cpu_share"] = monitor.stop()["background_cpu_share"]
+                run.save_state()
+            bar.update(1)
     finally:
         profiler.teardown()
         bar.close()

@@ -41,8 +41,8 @@ class TestOnnxRuntimeProfiler(ProfilerContract):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cache", [True, False])
-def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, cache: bool) -> None:
+@pytest.mark.parametrize("mode", ["disk cache", "no cache", "stagger"])
+def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, mode: str) -> None:
     from nas.families import family_for
     from profilers.blocks import ModelSpec
     from profilers.environment import cpu_slug
@@ -50,13 +50,24 @@ def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, cache
     from profilers.run import profile
     from profilers.testing import SMALL_GRID, TINY_LLAMA
 
+    loaded: list[int] = []
+
     class NoCache(OnnxRuntimeProfiler):
         export_cache_bytes = 0
 
-    profiler = (OnnxRuntimeProfiler if cache else NoCache)(dataclasses.replace(FAST, rounds=2))
+        def runner(self, spec, point):  # type: ignore[no-untyped-def]
+            run = super().runner(spec, point)
+            loaded.append(len(self._sessions))
+            return run
+
+    rounds = 3 if mode == "stagger" else 2
+    protocol = dataclasses.replace(FAST, rounds=rounds, stagger=mode == "stagger")
+    profiler = (OnnxRuntimeProfiler if mode == "disk cache" else NoCache)(protocol)
     spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
     result = profile(spec, cpu_slug(), "onnxruntime", tmp_path, grid=SMALL_GRID, profiler=profiler, progress=False, bandwidth_buffer_mib=16)
-    assert profiler._exports == result.rows * (1 if cache else 2)
+    assert profiler._exports == result.rows * (2 if mode == "no cache" else 1)
+    if mode == "stagger":  # each graph exported once with no disk cache: its session stayed loaded for its passes
+        assert len(loaded) == rounds * result.rows and max(loaded) == rounds and profiler._cached_bytes == 0
 
 
 def test_the_reference_probe_is_for_cpu_runtimes_that_leave_the_cpu_alone() -> None:

@@ -189,3 +189,26 @@ def test_reference_probe_times_a_warm_matmul(monkeypatch: pytest.MonkeyPatch) ->
     assert probe() > 0
     assert events == ["mm", "clock", "mm", "clock"]
     assert probe.describe()["warm"] is True
+
+
+@pytest.mark.parametrize("count,rounds", [(7, 3), (2, 3), (5, 1), (0, 2)])
+def test_pass_schedule_measures_every_pass_once_in_order(count: int, rounds: int) -> None:
+    from profilers.protocol import pass_schedule
+
+    for stagger in (False, True):
+        order = list(pass_schedule(count, rounds, stagger))
+        assert sorted(order) == sorted((r, i) for r in range(rounds) for i in range(count))
+        for i in range(count):  # a point's passes come in order
+            assert [r for r, j in order if j == i] == list(range(rounds))
+    whole = list(pass_schedule(count, rounds, False))
+    assert whole == [(r, i) for r in range(rounds) for i in range(count)]  # whole passes over the table
+    staggered = list(pass_schedule(count, rounds, True))
+    for i in range(count):  # staggered: from a point's first pass to its last, at most `rounds` points are loaded
+        first = staggered.index((0, i))
+        last = staggered.index((rounds - 1, i))
+        assert sum(1 for r, _ in staggered[first:last + 1] if r == 0) <= rounds
+
+
+def test_stagger_must_be_a_bool() -> None:
+    with pytest.raises(AnyshapeError, match=r"protocol\.stagger"):
+        ProtocolConfig(stagger="yes")  # type: ignore[arg-type]
