@@ -15,10 +15,12 @@ and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). Th
    pass (:func:`fastest_round`): a burst of load that inflates a pass of a point as a whole
    (p10 included, which no statistic inside the pass can see) is dropped. With ``stagger`` a
    point's passes come one point apart instead (:func:`pass_schedule`), so a runtime that must
-   rebuild a point for every pass (ONNX Runtime, graphs too big to keep on disk) keeps it loaded. A single measurement (``anyshape verify``) repeats the point instead;
+   rebuild a point for every pass (ONNX Runtime, graphs too big to keep on disk) keeps it
+   loaded. A single measurement (``anyshape verify``) repeats the point instead;
 6. on a CPU, with ``reference``, a fixed matmul (:class:`ReferenceProbe`) is timed after every
-   sample; a table scales each point by ``baseline / reference`` (baseline: the median probe of
-   the whole run, kept in meta.json) so that a slow or fast moment of a shared machine does not
+   sample; a table scales the compute share of each point by ``baseline / reference``
+   (baseline: the median probe of the whole run, kept in meta.json; see
+   ``profilers.run.compute_share``) so that a slow or fast moment of a shared machine does not
    end up in the table. Raw and scaled numbers are both kept.
 
 Thread counts are set by the profiler (torch / ONNX Runtime) from ``threads`` and recorded.
