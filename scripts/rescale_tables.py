@@ -22,8 +22,12 @@ def main(argv: list[str]) -> int:
     from profilers.tables import list_tables
 
     root = argv[0] if argv else str(ROOT / "latency_tables")
+    tables = list_tables(root)
+    if not tables:
+        print(f"no latency tables under {root}")
+        return 1
     failed = 0
-    for info in list_tables(root):
+    for info in tables:
         try:
             changed = rescale_table(info["path"])
         except AnyshapeError as e:
