@@ -151,7 +151,7 @@ def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Pat
     baseline or this measurement's probe is missing.
     """
     from profilers.environment import l3_cache_bytes
-    from profilers.run import compute_share
+    from profilers.run import compute_share, table_roofs
     from profilers.tables import read_meta
 
     if measurement.reference_ms is None or not source:
@@ -171,8 +171,7 @@ def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Pat
         return None
     share = 1.0
     if "compute_share_by_point" in reference:
-        share = compute_share(cost, float(table.get("matmul_gflops") or 0.0),
-                              float((table.get("memory_bandwidth") or {}).get("bound_gb_s") or 0.0), l3_cache_bytes())
+        share = compute_share(cost, *table_roofs(table), l3_cache_bytes())
     return float(measurement.latency_ms_p50 * (float(baseline) / measurement.reference_ms) ** share)
 
 

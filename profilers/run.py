@@ -386,10 +386,14 @@ def _times(row: dict[str, Any], factor: float) -> dict[str, Any]:
     return {**row, **{k: row[k] * factor for k in ("latency_ms_p10", "latency_ms_p50", "latency_ms_p90")}}
 
 
+def table_roofs(entry: Mapping[str, Any]) -> tuple[float, float]:
+    """A run's measured fp32 GEMM rate (GFLOP/s) and memory bandwidth (GB/s) from its meta.json entry; 0 where unknown."""
+    return float(entry.get("matmul_gflops") or 0.0), float((entry.get("memory_bandwidth") or {}).get("bound_gb_s") or 0.0)
+
+
 def _compute_shares(rows: list[dict[str, Any]], extra: Mapping[str, Any], cache_bytes: int) -> dict[str, float]:
-    """Each row's :func:`compute_share` on the run's roofs (``extra``: matmul_gflops, memory_bandwidth), by point key."""
-    gflops = float(extra.get("matmul_gflops") or 0.0)
-    bandwidth = float((extra.get("memory_bandwidth") or {}).get("bound_gb_s") or 0.0)
+    """Each row's :func:`compute_share` on the run's roofs (:func:`table_roofs`), by point key."""
+    gflops, bandwidth = table_roofs(extra)
     return {row_key(row): round(compute_share(row, gflops, bandwidth, cache_bytes), 4) for row in rows}
 
 
