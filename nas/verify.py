@@ -99,7 +99,13 @@ def verify(
             metric = "perplexity" if family.kind == "decoder" else "cosine"
             measured_accuracy = evaluator.score_model(extracted).metrics[metric]
         del base, extracted
-        measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol)
+        cost = block_cost(ModelDims.from_config(family, source_model.config_dict()), whole_model_point(shape, workload))
+        cost_numbers = {"flops": cost.flops, "weight_bytes": cost.weight_bytes, "activation_bytes": cost.activation_bytes}
+        predicted_entry = dict((config.objectives.get("latency") or {}).get(key) or {})
+        table_label, table_root = predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root
+        rule = _table_speed_rule(table_label, table_root, cost_numbers)
+        measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol,
+                                      compute_share=rule[1] if rule else 1.0)
 
     objectives = _deep_copy(config.objectives)
     accuracy = objectives.setdefault("accuracy", {})
@@ -115,9 +121,7 @@ def verify(
         measured_noisy=bool(measurement.noisy),
         measured_on=time.strftime("%Y-%m-%d"),
     )
-    cost = block_cost(ModelDims.from_config(family, source_model.config_dict()), whole_model_point(shape, workload))
-    table_speed = _at_table_speed(measurement, entry.get("table") or source, entry.get("tables_root") or tables_root,
-                                  {"flops": cost.flops, "weight_bytes": cost.weight_bytes, "activation_bytes": cost.activation_bytes})
+    table_speed = _at_table_speed(measurement, table_label, table_root, cost_numbers)
     if table_speed is not None:
         entry.update(measured_ms_table_speed=round(table_speed, 4), measured_reference_ms=round(measurement.reference_ms, 5))
     updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)
@@ -145,16 +149,28 @@ def verify(
 def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Path, cost: dict[str, float]) -> float | None:
     """``p50 * (baseline / probe) ** share``: the measurement at the speed the prediction's table saw this machine.
 
-    ``share`` is the shape's compute share (``cost``: its flops and bytes) on the table's roofs, as
-    the table scaled its rows (1 for tables that scaled every row in full). ``source`` is the
-    table's label (``device/runtime/name (measured)``); None where the table, its reference
-    baseline or this measurement's probe is missing.
+    ``baseline`` and ``share`` come from :func:`_table_speed_rule`; None where the table, its
+    reference baseline or this measurement's probe is missing.
+    """
+    rule = _table_speed_rule(source, tables_root, cost)
+    if rule is None or measurement.reference_ms is None:
+        return None
+    baseline, share = rule
+    return float(measurement.latency_ms_p50 * (baseline / measurement.reference_ms) ** share)
+
+
+def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[str, float]) -> tuple[float, float] | None:
+    """The prediction's table's reference baseline (ms) and the shape's compute share, as the table scaled its rows.
+
+    ``share`` is the shape's compute share (``cost``: its flops and bytes) on the table's roofs (1 for
+    tables that scaled every row in full); verify also judges its passes by it. ``source`` is the
+    table's label (``device/runtime/name (measured)``); None where the table or its baseline is missing.
     """
     from profilers.environment import l3_cache_bytes
     from profilers.run import compute_share, table_roofs
     from profilers.tables import read_meta
 
-    if measurement.reference_ms is None or not source:
+    if not source:
         return None
     parts = source.split(" ")[0].split("/")
     if len(parts) != 3:
@@ -172,7 +188,7 @@ def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Pat
     share = 1.0
     if "compute_share_by_point" in reference:
         share = compute_share(cost, *table_roofs(table), l3_cache_bytes())
-    return float(measurement.latency_ms_p50 * (float(baseline) / measurement.reference_ms) ** share)
+    return float(baseline), share
 
 
 def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str, Workload, float | None, str | None]:
@@ -200,8 +216,12 @@ def whole_model_point(shape: Any, workload: Workload) -> Any:
     )  # fmt: skip
 
 
-def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any) -> Any:
-    """Whole-model latency of ``shape`` for ``workload``, with the profilers' runtime and protocol, on this device."""
+def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any,
+                    compute_share: float = 1.0) -> Any:
+    """Whole-model latency of ``shape`` for ``workload``, with the profilers' runtime and protocol, on this device.
+
+    ``compute_share``: how the passes are judged (``profilers.protocol.fastest_round``), as a table judges its rows'.
+    """
     from profilers.blocks import ModelSpec
     from profilers.protocol import ProtocolConfig
     from profilers.run import make_profiler
@@ -212,7 +232,7 @@ def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, ru
     spec = ModelSpec(Path(str(source.path)).name, family, source.config_dict())
     profiler.setup()
     try:
-        return profiler.measure_rounds(spec, whole_model_point(shape, workload))
+        return profiler.measure_rounds(spec, whole_model_point(shape, workload), compute_share)
     finally:
         profiler.teardown()
 

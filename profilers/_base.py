@@ -59,10 +59,10 @@ class BaseProfiler(ABC):
         """One point, timed with the shared protocol (one pass; raw latencies plus ``reference_ms``)."""
         return measure(self.runner(spec, point), self.protocol, self.probe)
 
-    def measure_rounds(self, spec: ModelSpec, point: BlockPoint) -> Measurement:
-        """One point timed ``protocol.rounds`` times on one built block; the fastest pass is kept."""
+    def measure_rounds(self, spec: ModelSpec, point: BlockPoint, compute_share: float = 1.0) -> Measurement:
+        """One point timed ``protocol.rounds`` times on one built block; the fastest pass (for its compute share) is kept."""
         run = self.runner(spec, point)
-        return fastest_round([measure(run, self.protocol, self.probe) for _ in range(self.protocol.rounds)])
+        return fastest_round([measure(run, self.protocol, self.probe) for _ in range(self.protocol.rounds)], compute_share)
 
     def setup(self) -> None:
         """Apply the protocol's thread count before a run (and remember what to restore)."""

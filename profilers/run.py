@@ -29,10 +29,11 @@ from profilers.environment import (
     LoadMonitor,
     best_bandwidth,
     device_fingerprint,
+    l3_cache_bytes,
     measure_matmul_gflops,
     software_versions,
 )
-from profilers.protocol import Measurement, ProtocolConfig, fastest_round, pass_schedule, percentile
+from profilers.protocol import Measurement, ProtocolConfig, at_machine_speed, fastest_round, pass_schedule, percentile
 from profilers.tables import COLUMNS, TABLE_FORMAT, format_rows, parse_rows, row_key, table_csv_path, today, write_table
 from profilers.workload import BlockPoint, GridConfig, build_points
 
@@ -261,6 +262,7 @@ def profile(
         gflops = measure_matmul_gflops(threads=protocol.threads)
         extra["matmul_gflops"] = round(max(gflops, float(extra.get("matmul_gflops", 0.0))), 1)
     dims = ModelDims.from_config(spec.family, spec.config)
+    cache_bytes = l3_cache_bytes()
     todo = [p for p in points if p.key not in run.rows]
     passes: dict[str, list[dict[str, Any]]] = run.state.setdefault("passes", {})  # key -> finished passes
     spread: dict[str, list[float]] = run.state.setdefault("pass_p50_by_point", {})  # key -> every pass's p50 (/ probe)
@@ -283,11 +285,13 @@ def profile(
                 continue
             done.append(asdict(profiler.measure(spec, point)))
             if len(done) == protocol.rounds:
-                kept = fastest_round([Measurement(**m) for m in done])
+                measured = [Measurement(**m) for m in done]
+                share = compute_share(make_row(point, dims, protocol.threads, measured[0]), *table_roofs(extra), cache_bytes)
+                kept = fastest_round(measured, share)
                 run.append(make_row(point, dims, protocol.threads, kept))  # raw; scaled to the baseline at the end
                 del passes[point.key]
-                if protocol.rounds > 1:  # each pass's p50, per probe where probed: how much the passes disagreed
-                    spread[point.key] = [round(m["latency_ms_p50"] / (m["reference_ms"] or 1.0), 6) for m in done]
+                if protocol.rounds > 1:  # each pass's p50 at the run's speed (as judged above): how much the passes disagreed
+                    spread[point.key] = [round(at_machine_speed(m, share), 6) for m in measured]
                 if kept.reference_ms is not None:
                     references[point.key] = kept.reference_ms
                 run.save_state()
@@ -363,8 +367,6 @@ def _scale_to_baseline(rows: list[dict[str, Any]], points: list[BlockPoint], ref
     """
     import statistics
 
-    from profilers.environment import l3_cache_bytes
-
     probes = [references[p.key] for p in points]
     baseline = statistics.median(probes)
     shares = _compute_shares(rows, extra, l3_cache_bytes())
@@ -405,7 +407,6 @@ def rescale_table(csv_path: str | Path) -> int:
     rule, and the CSV and meta.json rewritten atomically. Returns how many rows changed by more
     than 0.1 %; a table already scaled by share, or never probed, is left as it is (0).
     """
-    from profilers.environment import l3_cache_bytes
     from profilers.tables import load_table
 
     table = load_table(csv_path, check_software=False)
@@ -456,7 +457,7 @@ def _pass_summary(points: list[BlockPoint], spread: dict[str, list[float]], roun
     excess = [max(spread[p.key]) / min(spread[p.key]) - 1.0 for p in points]
     return {
         "rounds": rounds,
-        "kept": "fastest pass (p50 per reference probe where probed)",
+        "kept": "fastest pass (p50 / reference probe ** compute share, where probed)",
         "slowest_over_fastest_median": round(statistics.median(excess), 4),
         "slowest_over_fastest_p90": round(percentile(excess, 90), 4),
         "p50_by_point": {p.key: spread[p.key] for p in points},

@@ -168,8 +168,13 @@ def test_fastest_round_keeps_the_least_disturbed_pass() -> None:
     assert fastest_round([m(3.0)]).latency_ms_p50 == 3.0
     # with probes, per probe: the 11 ms pass ran while the whole machine was 1.2x slow
     assert fastest_round([m(10.0, 1.0), m(11.0, 1.2)]).latency_ms_p50 == 11.0
+    # a memory-bound point (compute share 0.1): the slow cores barely slowed it, the raw 10 ms pass is faster
+    assert fastest_round([m(10.0, 1.0), m(11.0, 1.2)], compute_share=0.1).latency_ms_p50 == 10.0
+    assert fastest_round([m(10.0, 1.0), m(11.0, 1.2)], compute_share=0.0).latency_ms_p50 == 10.0
     with pytest.raises(ValueError):
         fastest_round([])
+    with pytest.raises(ValueError, match="compute_share"):
+        fastest_round([m(3.0)], compute_share=1.5)
 
 
 def test_reference_probe_times_a_warm_matmul(monkeypatch: pytest.MonkeyPatch) -> None:

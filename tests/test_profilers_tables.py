@@ -430,7 +430,7 @@ def test_gpu_estimates_calibrate_on_a_measured_gpu_table(tmp_path: Path) -> None
 
 
 def test_verify_sets_a_measurement_at_the_tables_machine_speed(tmp_path: Path) -> None:
-    from nas.verify import _at_table_speed
+    from nas.verify import _at_table_speed, _table_speed_rule
     from profilers.protocol import Measurement
 
     table = load_table(run_fake(tmp_path).path)  # the fake probe's baseline is 1 ms
@@ -441,6 +441,11 @@ def test_verify_sets_a_measurement_at_the_tables_machine_speed(tmp_path: Path) -
     # a memory-bound shape is corrected by its compute share only, as the table scaled its rows
     big = {"flops": 1e6, "weight_bytes": 8e9, "activation_bytes": 0.0}
     assert _at_table_speed(slow_moment, label, tmp_path, big) == pytest.approx(12.0, rel=1e-3)
+    # the same rule judges verify's passes: (baseline, share) before measuring
+    baseline, share = _table_speed_rule(label, tmp_path, big) or (0.0, 1.0)
+    assert baseline == pytest.approx(1.0) and share < 0.01
+    assert _table_speed_rule(label, tmp_path, small) == pytest.approx((1.0, 1.0))
+    assert _table_speed_rule(label, tmp_path / "elsewhere", small) is None
     unprobed = dataclasses.replace(slow_moment, reference_ms=None)
     assert _at_table_speed(unprobed, label, tmp_path, small) is None
     assert _at_table_speed(slow_moment, label, tmp_path / "elsewhere", small) is None
@@ -488,3 +493,25 @@ def test_rescale_scales_an_old_table_by_compute_share_from_its_probes(tmp_path: 
         assert new["latency_ms_p50"] == pytest.approx(raw * (baseline / probes[k]) ** shares[k], rel=1e-4)
     assert rescale_table(path) == 0  # once is enough
     assert after.meta["fingerprint"]["l3_cache"] == "1K" and after.meta["rows"] == len(after.rows)
+
+
+def test_a_run_judges_each_points_passes_by_its_compute_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept pass is chosen by the rule the rows are scaled by: p50 / probe ** compute share."""
+    import profilers.run as run_module
+    from profilers.protocol import fastest_round
+
+    judged: list[float] = []
+
+    def recording(rounds, compute_share=1.0):  # type: ignore[no-untyped-def]
+        judged.append(compute_share)
+        return fastest_round(rounds, compute_share)
+
+    monkeypatch.setattr(run_module, "fastest_round", recording)
+    monkeypatch.setattr(run_module, "l3_cache_bytes", lambda text=None: 1024)  # a 1 KiB cache: bytes count
+    two = dataclasses.replace(FAST, rounds=2)
+    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(two, seed=0)).path)
+    shares = table.meta["reference"]["compute_share_by_point"]
+    assert len(judged) == len(table.rows) == len(shares)
+    assert judged == pytest.approx(list(shares.values()), abs=0.05)  # the same rule (roofs of the run's start vs end)
+    assert min(judged) < 0.5  # memory-bound points were judged nearly raw, not per probe in full
+    assert table.meta["passes"]["kept"].startswith("fastest pass (p50 / reference probe ** compute share")
