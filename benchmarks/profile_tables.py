@@ -26,7 +26,7 @@ CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 #: (~80 to fit, ~50 held out) where a table builds in reasonable time on 2 cores. ONNX Runtime
 #: exports every whole Qwen2.5-0.5B shape (10-50 s each, and 0.1-2 GB: too big to keep for a
 #: second pass), so that table has 80 shapes (the first 80 of the torch table's 120: same seed)
-#: measured in 3 staggered passes (each graph exported once, its session kept for its passes),
+#: measured in 7 staggered passes (each graph exported once, its session kept for its passes),
 #: with ORT's spinning off so that the reference probe corrects every point.
 MINILM_GRID = '{"whole_model_samples": 130, "whole_model_ffn_steps": 32}'
 MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
@@ -39,7 +39,7 @@ MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "qwen2.5-0.5b": (
         "qwen2.5-0.5b",
         {"torch": ["--grid", '{"whole_model_samples": 120}', "--rounds", "3"],
-         "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--rounds", "3", "--stagger", "--no-spinning"]},
+         "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--rounds", "7", "--stagger", "--no-spinning"]},
     ),
 }
 ESTIMATED_DEVICES = ("a5000", "jetson-agx-orin-64gb", "jetson-orin-nano-8gb")
