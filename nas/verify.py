@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +99,9 @@ def verify(
             metric = "perplexity" if family.kind == "decoder" else "cosine"
             measured_accuracy = evaluator.score_model(extracted).metrics[metric]
         del base, extracted
-        cost = block_cost(ModelDims.from_config(family, source_model.config_dict()), whole_model_point(shape, workload))
-        cost_numbers = {"flops": cost.flops, "weight_bytes": cost.weight_bytes, "activation_bytes": cost.activation_bytes}
+        cost = asdict(block_cost(ModelDims.from_config(family, source_model.config_dict()), whole_model_point(shape, workload)))
         predicted_entry = dict((config.objectives.get("latency") or {}).get(key) or {})
-        table_label, table_root = predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root
-        rule = _table_speed_rule(table_label, table_root, cost_numbers)
+        rule = _table_speed_rule(predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root, cost)
         measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol,
                                       compute_share=rule[1] if rule else 1.0)
 
@@ -121,7 +119,7 @@ def verify(
         measured_noisy=bool(measurement.noisy),
         measured_on=time.strftime("%Y-%m-%d"),
     )
-    table_speed = _at_table_speed(measurement, table_label, table_root, cost_numbers)
+    table_speed = _at_table_speed(measurement, rule)
     if table_speed is not None:
         entry.update(measured_ms_table_speed=round(table_speed, 4), measured_reference_ms=round(measurement.reference_ms, 5))
     updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)
@@ -146,13 +144,12 @@ def verify(
     )
 
 
-def _at_table_speed(measurement: Any, source: str | None, tables_root: str | Path, cost: dict[str, float]) -> float | None:
+def _at_table_speed(measurement: Any, rule: tuple[float, float] | None) -> float | None:
     """``p50 * (baseline / probe) ** share``: the measurement at the speed the prediction's table saw this machine.
 
-    ``baseline`` and ``share`` come from :func:`_table_speed_rule`; None where the table, its
-    reference baseline or this measurement's probe is missing.
+    ``rule`` is the table's ``(baseline, share)`` (:func:`_table_speed_rule`); None where the table,
+    its reference baseline or this measurement's probe is missing.
     """
-    rule = _table_speed_rule(source, tables_root, cost)
     if rule is None or measurement.reference_ms is None:
         return None
     baseline, share = rule

@@ -286,7 +286,7 @@ def profile(
             done.append(asdict(profiler.measure(spec, point)))
             if len(done) == protocol.rounds:
                 measured = [Measurement(**m) for m in done]
-                share = compute_share(make_row(point, dims, protocol.threads, measured[0]), *table_roofs(extra), cache_bytes)
+                share = compute_share(asdict(block_cost(dims, point)), *table_roofs(extra), cache_bytes)
                 kept = fastest_round(measured, share)
                 run.append(make_row(point, dims, protocol.threads, kept))  # raw; scaled to the baseline at the end
                 del passes[point.key]

@@ -437,19 +437,19 @@ def test_verify_sets_a_measurement_at_the_tables_machine_speed(tmp_path: Path) -
     label = table.label
     small = {"flops": 1e6, "weight_bytes": 1e6, "activation_bytes": 1e5}  # fits the cache: the cores' time
     slow_moment = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, reference_ms=1.2)
-    assert _at_table_speed(slow_moment, label, tmp_path, small) == pytest.approx(10.0)
+    assert _at_table_speed(slow_moment, _table_speed_rule(label, tmp_path, small)) == pytest.approx(10.0)
     # a memory-bound shape is corrected by its compute share only, as the table scaled its rows
     big = {"flops": 1e6, "weight_bytes": 8e9, "activation_bytes": 0.0}
-    assert _at_table_speed(slow_moment, label, tmp_path, big) == pytest.approx(12.0, rel=1e-3)
+    assert _at_table_speed(slow_moment, _table_speed_rule(label, tmp_path, big)) == pytest.approx(12.0, rel=1e-3)
     # the same rule judges verify's passes: (baseline, share) before measuring
     baseline, share = _table_speed_rule(label, tmp_path, big) or (0.0, 1.0)
     assert baseline == pytest.approx(1.0) and share < 0.01
     assert _table_speed_rule(label, tmp_path, small) == pytest.approx((1.0, 1.0))
     assert _table_speed_rule(label, tmp_path / "elsewhere", small) is None
     unprobed = dataclasses.replace(slow_moment, reference_ms=None)
-    assert _at_table_speed(unprobed, label, tmp_path, small) is None
-    assert _at_table_speed(slow_moment, label, tmp_path / "elsewhere", small) is None
-    assert _at_table_speed(slow_moment, None, tmp_path, small) is None
+    assert _at_table_speed(unprobed, _table_speed_rule(label, tmp_path, small)) is None
+    assert _at_table_speed(slow_moment, _table_speed_rule(label, tmp_path / "elsewhere", small)) is None
+    assert _at_table_speed(slow_moment, _table_speed_rule(None, tmp_path, small)) is None
 
 
 def test_compute_share_follows_the_roofline() -> None:
