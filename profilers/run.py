@@ -265,7 +265,7 @@ def profile(
     cache_bytes = l3_cache_bytes()
     todo = [p for p in points if p.key not in run.rows]
     passes: dict[str, list[dict[str, Any]]] = run.state.setdefault("passes", {})  # key -> finished passes
-    spread: dict[str, list[float]] = run.state.setdefault("pass_p50_by_point", {})  # key -> every pass's p50 (/ probe)
+    spread: dict[str, list[float]] = run.state.setdefault("pass_p50_by_point", {})  # key -> every pass's p50 at the run's speed
     segment: dict[str, Any] = {"started": today(), "points": 0, "seconds": 0.0, "background_cpu_share": 0.0}
     run.state["segments"].append(segment)
     run.save_state()  # from the first point on, a killed run can resume
