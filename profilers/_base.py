@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from profilers.blocks import ModelSpec
-from profilers.protocol import Measurement, ProtocolConfig, ReferenceProbe, RunFn, fastest_round, measure
-from profilers.workload import BlockPoint
+from profilers.protocol import Anchor, Measurement, ProtocolConfig, ReferenceProbe, RunFn, calibrate, kept_pass, measure
+from profilers.workload import BlockPoint, anchor_point
 
 DeviceKind = Literal["cpu", "cuda"]
 
@@ -33,6 +33,7 @@ class BaseProfiler(ABC):
         self.protocol = protocol or ProtocolConfig()
         self.device: DeviceKind = device
         self._probe: ReferenceProbe | None = None
+        self._anchors: dict[str, Anchor] = {}  # anchor point key -> its loaded runner
 
     @abstractmethod
     def check_available(self) -> None:
@@ -55,22 +56,38 @@ class BaseProfiler(ABC):
             self._probe = ReferenceProbe(self.protocol.threads)
         return self._probe
 
+    def anchor_runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
+        """``run(n)`` for an anchor point, kept for the whole run (default: :meth:`runner`)."""
+        return self.runner(spec, point)
+
+    def anchor(self, spec: ModelSpec, point: BlockPoint) -> Anchor | None:
+        """The anchor ``point`` is timed beside (``protocol.anchor``, decode points), built on first use; else None."""
+        if not self.protocol.anchor or point.phase != "decode":
+            return None
+        target = anchor_point(spec.family.space(spec.config), point)
+        if target.key not in self._anchors:
+            run = self.anchor_runner(spec, target)
+            self._anchors[target.key] = Anchor(target.key, run, calibrate(run, self.protocol))
+        return self._anchors[target.key]
+
     def measure(self, spec: ModelSpec, point: BlockPoint) -> Measurement:
-        """One point, timed with the shared protocol (one pass; raw latencies plus ``reference_ms``)."""
-        return measure(self.runner(spec, point), self.protocol, self.probe)
+        """One point, timed with the shared protocol (one pass; raw latencies plus ``reference_ms`` / anchor ratio)."""
+        anchor = self.anchor(spec, point)
+        return measure(self.runner(spec, point), self.protocol, self.probe, anchor)
 
     def measure_rounds(self, spec: ModelSpec, point: BlockPoint, compute_share: float = 1.0) -> Measurement:
-        """One point timed ``protocol.rounds`` times on one built block; the fastest pass (for its compute share) is kept."""
+        """One point timed ``protocol.rounds`` times on one built block; the pass is kept by :func:`kept_pass`."""
+        anchor = self.anchor(spec, point)
         run = self.runner(spec, point)
-        return fastest_round([measure(run, self.protocol, self.probe) for _ in range(self.protocol.rounds)], compute_share)
+        return kept_pass([measure(run, self.protocol, self.probe, anchor) for _ in range(self.protocol.rounds)], compute_share)
 
     def setup(self) -> None:
         """Apply the protocol's thread count before a run (and remember what to restore)."""
         return None
 
     def teardown(self) -> None:
-        """Undo :meth:`setup` and free cached modules / sessions."""
-        return None
+        """Undo :meth:`setup` and free cached modules / sessions (subclasses call this too: it drops the anchors)."""
+        self._anchors = {}
 
     def describe(self) -> dict[str, Any]:
         """What goes into meta.json about the runtime (name, device kind, provider, threads)."""

@@ -2,7 +2,8 @@
 
 Latency of a point = ``max(flops / compute, bytes / bandwidth) + overhead_ms``, times a noise
 factor drawn from a seeded generator (``noise_cv``; ``noisy_blocks`` get ``noisy_cv``), times a
-``slowdown`` of the whole machine at chosen points (the fake reference probe slows down with it).
+``slowdown`` of the whole machine at chosen points (the fake reference probe and the anchor slow
+down with it), or a ``memory_slowdown`` that the probe does not see (the anchor does).
 It runs through the same protocol as the real profilers, so protocol tests use it.
 """
 
@@ -37,6 +38,7 @@ class FakeProfiler(BaseProfiler):
         seed: int = 0,
         fail_after: int | None = None,
         slowdown: Mapping[int, float] | None = None,
+        memory_slowdown: Mapping[int, float] | None = None,
     ):
         super().__init__(protocol, device)
         if gflops <= 0 or bandwidth_gb_s <= 0 or overhead_ms < 0 or noise_cv < 0 or noisy_cv < 0:
@@ -49,6 +51,9 @@ class FakeProfiler(BaseProfiler):
         # point number (1-based, every pass counts) -> how much slower the whole machine runs
         # then: its samples and the reference probe both slow down, like a burst of load
         self.slowdown = dict(slowdown or {})
+        # the same, for a drift of the memory that the (compute) probe does not see: the samples and
+        # the anchor slow down, the probe does not
+        self.memory_slowdown = dict(memory_slowdown or {})
 
     @property
     def probe(self) -> Callable[[], float] | None:
@@ -70,13 +75,27 @@ class FakeProfiler(BaseProfiler):
         self.points_started += 1
         if self.fail_after is not None and self.points_started > self.fail_after:
             raise KeyboardInterrupt(f"fake profiler killed after {self.fail_after} points")
-        base = self.latency_ms(spec, point) * self.slowdown.get(self.points_started, 1.0)
+        base = self.latency_ms(spec, point) * self._slowdown()
         cv = self.noisy_cv if point.block in self.noisy_blocks else self.noise_cv
 
         def run(n: int) -> float:
             return sum(base * max(0.05, self.rng.gauss(1.0, cv)) for _ in range(n))
 
         return run
+
+    def anchor_runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
+        """The anchor runs on the same machine: it slows down with the point being measured (not counted as a point)."""
+        base = self.latency_ms(spec, point)
+
+        def run(n: int) -> float:
+            slow = self._slowdown()
+            return sum(base * slow * max(0.05, self.rng.gauss(1.0, self.noise_cv)) for _ in range(n))
+
+        return run
+
+    def _slowdown(self) -> float:
+        """How much slower the machine runs the current point (both kinds of drift)."""
+        return self.slowdown.get(self.points_started, 1.0) * self.memory_slowdown.get(self.points_started, 1.0)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -58,6 +58,9 @@ class OnnxRuntimeProfiler(BaseProfiler):
                 f"CUDA was asked for but this onnxruntime {ort.__version__} has no {self.provider} "
                 f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a CUDA machine"
             )
+        if self.protocol.anchor and self.protocol.spinning and self.device == "cpu":
+            raise AnyshapeError("--anchor on onnxruntime needs --no-spinning: the measured session's spinning threads "
+                                "would slow the anchor timed right after it")
 
     def setup(self) -> None:
         self._workdir = tempfile.TemporaryDirectory(prefix="anyshape-ort-")
@@ -67,6 +70,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
         self._sessions: dict[str, tuple[Any, dict[str, Any]]] = {}  # point key -> (session, feed); stagger only
 
     def teardown(self) -> None:
+        super().teardown()
         self._builder = None
         self._sessions = {}
         self._cache = {}
@@ -100,12 +104,26 @@ class OnnxRuntimeProfiler(BaseProfiler):
         return path, feed, keep
 
     def runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
-        import onnxruntime as ort
-
         if self._workdir is None:
             self.setup()
         if point.key in self._sessions:
             return self._run(*self._sessions[point.key])
+        session, feed = self._session(spec, point)
+        if self.protocol.stagger and self.protocol.rounds > 1:  # loaded until its last pass, rounds points later
+            self._sessions[point.key] = (session, feed)
+            while len(self._sessions) > self.protocol.rounds:  # the oldest point's passes are done
+                del self._sessions[next(iter(self._sessions))]
+        return self._run(session, feed)
+
+    def anchor_runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
+        """The anchor's own session, outside the staggered sessions (which are dropped as points finish)."""
+        if self._workdir is None:
+            self.setup()
+        return self._run(*self._session(spec, point))
+
+    def _session(self, spec: ModelSpec, point: BlockPoint) -> tuple[Any, dict[str, Any]]:
+        import onnxruntime as ort
+
         path, arrays, kept = self._graph(spec, point)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.protocol.threads
@@ -118,12 +136,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
         if not kept:  # the session holds the graph now; one uncached graph at a time on disk
             for f in path.parent.glob(f"{path.name}*"):
                 f.unlink()
-        feed = dict(zip([i.name for i in session.get_inputs()], arrays))
-        if self.protocol.stagger and self.protocol.rounds > 1:  # loaded until its last pass, rounds points later
-            self._sessions[point.key] = (session, feed)
-            while len(self._sessions) > self.protocol.rounds:  # the oldest point's passes are done
-                del self._sessions[next(iter(self._sessions))]
-        return self._run(session, feed)
+        return session, dict(zip([i.name for i in session.get_inputs()], arrays))
 
     def _run(self, session: Any, feed: dict[str, Any]) -> RunFn:
         if self.device == "cuda":  # pragma: no cover - needs a GPU

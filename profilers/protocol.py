@@ -21,7 +21,12 @@ and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). Th
    sample; a table scales the compute share of each point by ``baseline / reference``
    (baseline: the median probe of the whole run, kept in meta.json; see
    ``profilers.run.compute_share``) so that a slow or fast moment of a shared machine does not
-   end up in the table. Raw and scaled numbers are both kept.
+   end up in the table. Raw and scaled numbers are both kept;
+7. with ``anchor``, a decode step is timed beside a fixed decode step of the same workload (an
+   :class:`Anchor`, kept loaded for the whole run) after every sample: the row becomes the median
+   of the per-sample ratios times the anchor's median over the run. A memory-bound step drifts
+   with the machine's memory over minutes, which a matmul in cache does not follow and work of
+   the same kind does (see docs/PROFILING.md); prefill keeps the probe.
 
 Thread counts are set by the profiler (torch / ONNX Runtime) from ``threads`` and recorded.
 """
@@ -75,6 +80,11 @@ class ProtocolConfig:
         metadata={"help": "measure each point's passes one point apart, its block kept loaded, instead of in whole passes "
                           "over the table: for graphs too big to keep on disk for a later pass"},
     )
+    anchor: bool = field(
+        default=False,
+        metadata={"help": "decode: time a fixed decode step of the same workload beside every sample and keep the ratio "
+                          "(follows the machine's memory drift, which the probe does not)"},
+    )
     pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
 
     def __post_init__(self) -> None:
@@ -97,7 +107,7 @@ class ProtocolConfig:
             raise AnyshapeError(f"protocol.max_remeasures is {self.max_remeasures}; it must be >= 0")
         if self.rounds < 1:
             raise AnyshapeError(f"protocol.rounds is {self.rounds}; it must be >= 1")
-        for name in ("reference", "spinning", "stagger"):
+        for name in ("reference", "spinning", "stagger", "anchor"):
             if not isinstance(getattr(self, name), bool):
                 raise AnyshapeError(f"protocol.{name} is {getattr(self, name)!r}; it must be true or false")
         if self.pin_cpus is not None:
@@ -136,11 +146,32 @@ class Measurement:
     attempts: int
     #: Median time of the reference matmul probed between this point's samples (None: no probe).
     reference_ms: float | None = None
+    #: Median per-call time of the workload's anchor timed after each sample (None: not anchored).
+    anchor_ms: float | None = None
+    #: Median of the per-sample ratios ``sample / anchor`` (per call): the point's time in anchor steps.
+    anchor_ratio: float | None = None
 
     def scaled(self, factor: float) -> Measurement:
         """The same measurement with its latencies multiplied by ``factor`` (speed normalisation)."""
         return replace(self, latency_ms_p10=self.latency_ms_p10 * factor, latency_ms_p50=self.latency_ms_p50 * factor,
                        latency_ms_p90=self.latency_ms_p90 * factor)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A fixed point of the same kind as the ones measured, kept loaded and timed after every sample.
+
+    ``run`` executes it ``n`` times (a profiler's ``run(n)``); ``calls`` per timing (enough for
+    ``min_sample_ms``, found once when it is built); ``key`` names its point in meta.json.
+    """
+
+    key: str
+    run: RunFn
+    calls: int
+
+    def __call__(self) -> float:
+        """Per-call milliseconds of one timing."""
+        return self.run(self.calls) / self.calls
 
 
 class ReferenceProbe:
@@ -216,26 +247,30 @@ def coefficient_of_variation(values: Sequence[float]) -> float:
     return math.sqrt(var) / mean
 
 
-def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | None = None) -> Measurement:
+def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | None = None,
+            anchor: Callable[[], float] | None = None) -> Measurement:
     """Time one point with the protocol above; ``run(n)`` returns elapsed ms for ``n`` calls.
 
     With a ``probe`` (a :class:`ReferenceProbe`), the probe runs once after every sample and its
-    median is returned as ``reference_ms``; the latencies themselves are left raw.
+    median is returned as ``reference_ms``; with an ``anchor`` (an :class:`Anchor`: per-call ms of
+    one timing), it is timed after every sample too, and ``anchor_ms`` and ``anchor_ratio`` (the
+    median of ``sample / anchor``) come back. The latencies themselves are left raw. The attempt
+    kept is judged by the CV of the ratios where anchored (the anchor takes the drift out).
     """
     with pinned(config.pin_cpus), gc_disabled():
-        calls = _calibrate(run, config)
-        best: tuple[float, list[float], list[float]] | None = None
+        calls = calibrate(run, config)
+        best: tuple[float, list[float], list[float], list[float]] | None = None
         attempts = 0
         for _ in range(1 + config.max_remeasures):
             attempts += 1
-            samples, probes = _samples(run, calls, config, probe)
-            cv = coefficient_of_variation(samples)
+            samples, probes, anchors = _samples(run, calls, config, probe, anchor)
+            cv = coefficient_of_variation([s / a for s, a in zip(samples, anchors)] or samples)
             if best is None or cv < best[0]:
-                best = (cv, samples, probes)
+                best = (cv, samples, probes, anchors)
             if cv <= config.cv_threshold:
                 break
     assert best is not None
-    cv, samples, probes = best
+    cv, samples, probes, anchors = best
     return Measurement(
         latency_ms_p10=percentile(samples, 10),
         latency_ms_p50=percentile(samples, 50),
@@ -246,6 +281,8 @@ def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | Non
         calls_per_sample=calls,
         attempts=attempts,
         reference_ms=percentile(probes, 50) if probes else None,
+        anchor_ms=percentile(anchors, 50) if anchors else None,
+        anchor_ratio=percentile([s / a for s, a in zip(samples, anchors)], 50) if anchors else None,
     )
 
 
@@ -267,6 +304,19 @@ def fastest_round(rounds: Sequence[Measurement], compute_share: float = 1.0) -> 
     if not 0.0 <= compute_share <= 1.0:
         raise ValueError(f"compute_share is {compute_share}; it must be in 0..1")
     return min(rounds, key=lambda m: at_machine_speed(m, compute_share))
+
+
+def kept_pass(rounds: Sequence[Measurement], compute_share: float = 1.0) -> Measurement:
+    """The pass a table (or verify) keeps: the median anchor ratio where anchored, else :func:`fastest_round`.
+
+    Anchored passes differ by what is left once the drift is divided out, noise that goes both
+    ways (a burst can hit the sample or the anchor), so the middle pass is kept, not the lowest
+    (lower middle for an even count).
+    """
+    if rounds and all(m.anchor_ratio is not None for m in rounds):
+        ordered = sorted(rounds, key=lambda m: float(m.anchor_ratio or 0.0))
+        return ordered[(len(ordered) - 1) // 2]
+    return fastest_round(rounds, compute_share)
 
 
 def at_machine_speed(m: Measurement, compute_share: float = 1.0) -> float:
@@ -294,7 +344,7 @@ def pass_schedule(count: int, rounds: int, stagger: bool) -> Iterator[tuple[int,
                 yield r, step - r
 
 
-def _calibrate(run: RunFn, config: ProtocolConfig) -> int:
+def calibrate(run: RunFn, config: ProtocolConfig) -> int:
     """Warm up and return how many calls make one sample of at least ``min_sample_ms``."""
     fastest = math.inf
     for _ in range(max(config.warmup, 1)):
@@ -304,17 +354,21 @@ def _calibrate(run: RunFn, config: ProtocolConfig) -> int:
     return min(MAX_CALLS_PER_SAMPLE, math.ceil(config.min_sample_ms / max(fastest, 1e-6)))
 
 
-def _samples(run: RunFn, calls: int, config: ProtocolConfig, probe: Callable[[], float] | None = None) -> tuple[list[float], list[float]]:
+def _samples(run: RunFn, calls: int, config: ProtocolConfig, probe: Callable[[], float] | None = None,
+             anchor: Callable[[], float] | None = None) -> tuple[list[float], list[float], list[float]]:
     samples: list[float] = []
     probes: list[float] = []
+    anchors: list[float] = []
     start = time.perf_counter()
     for i in range(config.repeats):
         samples.append(run(calls) / calls)
+        if anchor is not None:
+            anchors.append(anchor())
         if probe is not None:
             probes.append(probe())
         if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_point_seconds:
             break
-    return samples, probes
+    return samples, probes, anchors
 
 
 @contextlib.contextmanager

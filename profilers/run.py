@@ -33,7 +33,7 @@ from profilers.environment import (
     measure_matmul_gflops,
     software_versions,
 )
-from profilers.protocol import Measurement, ProtocolConfig, at_machine_speed, fastest_round, pass_schedule, percentile
+from profilers.protocol import Measurement, ProtocolConfig, at_machine_speed, kept_pass, pass_schedule, percentile
 from profilers.tables import COLUMNS, TABLE_FORMAT, format_rows, parse_rows, row_key, table_csv_path, today, write_table
 from profilers.workload import BlockPoint, GridConfig, build_points
 
@@ -252,8 +252,12 @@ def profile(
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     run = PartialRun(csv_path, identity, restart=restart)
     references: dict[str, float] = run.state.setdefault("reference_ms", {})  # key -> probe median of its row
+    anchored: dict[str, list[Any]] = run.state.setdefault("anchor", {})  # key -> [anchor key, anchor ms, ratio]
     if profiler.probe is not None:  # a row whose probe was lost in a kill is measured again
         for key in [k for k in run.rows if k not in references]:
+            del run.rows[key]
+    if protocol.anchor:  # so is a decode row whose anchor was lost
+        for key in [k for k, row in run.rows.items() if row["phase"] == "decode" and k not in anchored]:
             del run.rows[key]
     resumed = sum(1 for p in points if p.key in run.rows)
     extra = run.state["extra"]
@@ -287,13 +291,16 @@ def profile(
             if len(done) == protocol.rounds:
                 measured = [Measurement(**m) for m in done]
                 share = compute_share(asdict(block_cost(dims, point)), *table_roofs(extra), cache_bytes)
-                kept = fastest_round(measured, share)
+                kept = kept_pass(measured, share)
                 run.append(make_row(point, dims, protocol.threads, kept))  # raw; scaled to the baseline at the end
                 del passes[point.key]
                 if protocol.rounds > 1:  # each pass's p50 at the run's speed (as judged above): how much the passes disagreed
-                    spread[point.key] = [round(at_machine_speed(m, share), 6) for m in measured]
+                    spread[point.key] = [round(_judged(m, share), 6) for m in measured]
                 if kept.reference_ms is not None:
                     references[point.key] = kept.reference_ms
+                anchor = profiler.anchor(spec, point)
+                if anchor is not None and kept.anchor_ms is not None and kept.anchor_ratio is not None:
+                    anchored[point.key] = [anchor.key, kept.anchor_ms, kept.anchor_ratio]
                 run.save_state()
             segment["points"] = int(segment["points"]) + 1
             segment["seconds"] = round(time.perf_counter() - start, 2)
@@ -311,7 +318,9 @@ def profile(
         _record_bandwidth(extra, best_bandwidth(bandwidth_buffer_mib, threads=protocol.threads))
     rows = [run.rows[p.key] for p in points]
     if profiler.probe is not None:
-        rows, extra["reference"] = _scale_to_baseline(rows, points, references, profiler, extra)
+        rows, extra["reference"] = _scale_to_baseline(rows, points, references, profiler, extra, skip=set(anchored))
+    if anchored:
+        rows, extra["anchor"] = _scale_to_anchor(rows, points, anchored)
     if protocol.rounds > 1 and all(p.key in spread for p in points):
         extra["passes"] = _pass_summary(points, spread, protocol.rounds)
     segments = run.state["segments"]
@@ -353,8 +362,46 @@ def profile(
     return ProfileResult(csv_path, len(rows), len(todo), resumed, entry["noisy_points"], round(seconds, 1), under_load)
 
 
+def _judged(m: Measurement, share: float) -> float:
+    """What a pass is judged by (:func:`kept_pass`): its anchor ratio where anchored, else its p50 at the run's speed."""
+    return m.anchor_ratio if m.anchor_ratio is not None else at_machine_speed(m, share)
+
+
+def _scale_to_anchor(rows: list[dict[str, Any]], points: list[BlockPoint],
+                     anchored: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Anchored rows become ``ratio * baseline``: their median per-sample ratio to their workload's anchor
+    times the anchor's median over the run (``baseline``, one per anchor); p10 and p90 move with p50.
+
+    The anchor is the same kind of work as the rows, so the drift divides out in full: no compute
+    share, and the probe is not used for these rows.
+    """
+    import statistics
+
+    by_anchor: dict[str, list[float]] = {}
+    for anchor_key, anchor_ms, _ in anchored.values():
+        by_anchor.setdefault(anchor_key, []).append(float(anchor_ms))
+    baselines = {k: statistics.median(v) for k, v in by_anchor.items()}
+    out = []
+    for p, row in zip(points, rows):
+        if p.key in anchored:
+            anchor_key, _, ratio = anchored[p.key]
+            row = _times(row, float(ratio) * baselines[anchor_key] / float(row["latency_ms_p50"]))
+        out.append(row)
+    keys = [p.key for p in points if p.key in anchored]
+    info = {
+        "baseline_ms": {k: round(v, 5) for k, v in baselines.items()},
+        "note": "every decode row is (the median of its samples' ratios to its workload's anchor, a fixed whole-model "
+                "decode step timed after each sample) * baseline_ms[anchor]; raw = row * anchor_ms / (ratio * baseline_ms)",
+        "anchor_by_point": {k: anchored[k][0] for k in keys},
+        "anchor_ms_by_point": {k: round(float(anchored[k][1]), 5) for k in keys},
+        "ratio_by_point": {k: round(float(anchored[k][2]), 6) for k in keys},
+    }
+    return out, info
+
+
 def _scale_to_baseline(rows: list[dict[str, Any]], points: list[BlockPoint], references: dict[str, float],
-                       profiler: BaseProfiler, extra: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                       profiler: BaseProfiler, extra: dict[str, Any],
+                       skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Scale every row's compute share by ``baseline / its probe``; baseline = the median probe of the whole run.
 
     The probe is a matmul in cache: it times how fast the cores run now, not the memory. A row is
@@ -364,13 +411,17 @@ def _scale_to_baseline(rows: list[dict[str, Any]], points: list[BlockPoint], ref
     relative residual of a linear fit in bytes, FLOPs and depth, against 2.9 % raw and 2.6 %
     scaled by share; prefill 2.8 % in full, 2.3 % by share); rows whose bytes fit the last-level
     cache have share 1, as before.
+
+    Rows in ``skip`` (anchored rows) are left as they are and get no share; their probes still count
+    towards the baseline (the machine's typical speed over the run).
     """
     import statistics
 
     probes = [references[p.key] for p in points]
     baseline = statistics.median(probes)
-    shares = _compute_shares(rows, extra, l3_cache_bytes())
-    scaled = [_times(row, (baseline / probe) ** shares[p.key]) for p, row, probe in zip(points, rows, probes)]
+    shares = _compute_shares([r for p, r in zip(points, rows) if p.key not in skip], extra, l3_cache_bytes())
+    scaled = [row if p.key in skip else _times(row, (baseline / probe) ** shares[p.key])
+              for p, row, probe in zip(points, rows, probes)]
     described = getattr(profiler.probe, "describe", lambda: {"kernel": type(profiler.probe).__name__})()
     info = {
         **described,
@@ -451,13 +502,14 @@ def compute_share(row: dict[str, Any], gflops: float, bandwidth_gb_s: float, cac
 
 
 def _pass_summary(points: list[BlockPoint], spread: dict[str, list[float]], rounds: int) -> dict[str, Any]:
-    """How far each point's passes were from its fastest one (the table keeps the fastest)."""
+    """How far each point's passes were from its fastest one (as judged by :func:`_judged`; anchored points: their ratios)."""
     import statistics
 
     excess = [max(spread[p.key]) / min(spread[p.key]) - 1.0 for p in points]
     return {
         "rounds": rounds,
-        "kept": "fastest pass (p50 / reference probe ** compute share, where probed)",
+        "kept": "fastest pass (p50 / reference probe ** compute share, where probed); anchored rows: the pass with the "
+                "median ratio to the anchor (p50_by_point then holds each pass's ratio)",
         "slowest_over_fastest_median": round(statistics.median(excess), 4),
         "slowest_over_fastest_p90": round(percentile(excess, 90), 4),
         "p50_by_point": {p.key: spread[p.key] for p in points},

@@ -37,6 +37,7 @@ class TorchProfiler(BaseProfiler):
     def teardown(self) -> None:
         import torch
 
+        super().teardown()
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None

@@ -191,6 +191,19 @@ def sample_shapes(space: ShapeSpace, grid: GridConfig) -> list[Shape]:
     return shapes
 
 
+def anchor_point(space: ShapeSpace, point: BlockPoint) -> BlockPoint:
+    """The fixed whole-model point that ``point``'s workload is anchored to (``protocol.anchor``).
+
+    The middle of the shape space: half the layers (rounded up), the middle ``(heads, kv_heads)``
+    pair and half the FFN, on ``point``'s phase, batch, lengths and dtype. The same for every
+    point of a workload and for ``anyshape verify``, so their ratios share one unit.
+    """
+    pairs = space.head_choices()
+    heads, kv = pairs[len(pairs) // 2]
+    return BlockPoint("whole-model", point.phase, point.batch, point.seq_len, point.context_len,
+                      (space.num_layers + 1) // 2, heads, kv, space.ffn_choices(2)[0], point.dtype)
+
+
 def workloads(family: ModelFamily, grid: GridConfig) -> list[tuple[Phase, int, int, int]]:
     """(phase, batch, seq_len, context_len) for every workload of the grid; encoders only prefill."""
     out: list[tuple[Phase, int, int, int]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ class TestOnnxRuntimeProfiler(ProfilerContract):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["disk cache", "no cache", "stagger"])
+@pytest.mark.parametrize("mode", ["disk cache", "no cache", "stagger", "stagger anchored"])
 def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, mode: str) -> None:
     from nas.families import family_for
     from profilers.blocks import ModelSpec
@@ -60,14 +61,26 @@ def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, mode:
             loaded.append(len(self._sessions))
             return run
 
-    rounds = 3 if mode == "stagger" else 2
-    protocol = dataclasses.replace(FAST, rounds=rounds, stagger=mode == "stagger")
+    staggered = mode.startswith("stagger")
+    rounds = 3 if staggered else 2
+    protocol = dataclasses.replace(FAST, rounds=rounds, stagger=staggered, anchor=mode == "stagger anchored", spinning=mode != "stagger anchored")
     profiler = (OnnxRuntimeProfiler if mode == "disk cache" else NoCache)(protocol)
     spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
     result = profile(spec, cpu_slug(), "onnxruntime", tmp_path, grid=SMALL_GRID, profiler=profiler, progress=False, bandwidth_buffer_mib=16)
-    assert profiler._exports == result.rows * (2 if mode == "no cache" else 1)
-    if mode == "stagger":  # each graph exported once with no disk cache: its session stayed loaded for its passes
+    anchors = len(json.loads((result.path.parent / "meta.json").read_text())["tables"]["tiny-llama"].get("anchor", {}).get("baseline_ms", {}))
+    assert anchors == (1 if mode == "stagger anchored" else 0)
+    # each anchor is exported once and kept loaded in its own session, whatever the stagger drops
+    assert profiler._exports == result.rows * (2 if mode == "no cache" else 1) + anchors
+    if staggered:  # each graph exported once with no disk cache: its session stayed loaded for its passes
         assert len(loaded) == rounds * result.rows and max(loaded) == rounds and profiler._cached_bytes == 0
+
+
+def test_onnxruntime_refuses_an_anchor_beside_spinning_threads() -> None:
+    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
+
+    with pytest.raises(AnyshapeError, match="--no-spinning"):
+        OnnxRuntimeProfiler(dataclasses.replace(FAST, anchor=True)).check_available()
+    OnnxRuntimeProfiler(dataclasses.replace(FAST, anchor=True, spinning=False)).check_available()
 
 
 def test_the_reference_probe_is_for_cpu_runtimes_that_leave_the_cpu_alone() -> None:

@@ -214,6 +214,45 @@ def test_pass_schedule_measures_every_pass_once_in_order(count: int, rounds: int
         assert sum(1 for r, _ in staggered[first:last + 1] if r == 0) <= rounds
 
 
-def test_stagger_must_be_a_bool() -> None:
-    with pytest.raises(AnyshapeError, match=r"protocol\.stagger"):
-        ProtocolConfig(stagger="yes")  # type: ignore[arg-type]
+@pytest.mark.parametrize("name", ["stagger", "anchor"])
+def test_protocol_switches_must_be_bools(name: str) -> None:
+    with pytest.raises(AnyshapeError, match=rf"protocol\.{name}"):
+        ProtocolConfig(**{name: "yes"})  # type: ignore[arg-type]
+
+
+def test_the_anchor_is_timed_after_every_sample_and_divides_a_drift_out() -> None:
+    """A drift that slows the point and the anchor alike (30 % over the samples) leaves the ratio
+    steady: the attempt is judged by the ratios' CV, so it is not re-measured or flagged."""
+    from profilers.protocol import Anchor, measure
+
+    config = ProtocolConfig(threads=1, warmup=1, repeats=8, min_repeats=8, min_sample_ms=0.0, cv_threshold=0.05)
+    speed = [1.0]
+    order: list[str] = []
+
+    def run(n: int) -> float:
+        order.append("sample")
+        speed[0] *= 1.04  # the machine slows down sample by sample
+        return 10.0 * speed[0] * n
+
+    def anchor_run(n: int) -> float:
+        order.append("anchor")
+        return 4.0 * speed[0] * n
+
+    m = measure(run, config, anchor=Anchor("whole-model|decode|anchor", anchor_run, calls=2))
+    assert m.anchor_ratio == pytest.approx(2.5) and m.cv < 1e-9 and not m.noisy and m.attempts == 1
+    assert m.anchor_ms == pytest.approx(percentile([4.0 * 1.04 ** (i + 2) for i in range(8)], 50))
+    assert order[1:] == ["sample", "anchor"] * 8  # after the warm-up call: each sample, then its anchor
+    raw = measure(run, config)  # unanchored, the drift makes the same point noisy
+    assert raw.anchor_ratio is None and raw.cv > 0.05
+
+
+def test_kept_pass_takes_the_median_anchor_ratio_else_the_fastest() -> None:
+    from profilers.protocol import Measurement, kept_pass
+
+    def m(p50: float, ratio: float | None = None) -> Measurement:
+        return Measurement(p50, p50, p50, 5, 0.01, False, 1, 1, anchor_ms=None if ratio is None else p50 / ratio, anchor_ratio=ratio)
+
+    assert kept_pass([m(12.0, 2.0), m(9.0, 2.6), m(10.0, 2.2)]).anchor_ratio == 2.2  # the middle ratio, not the fastest
+    assert kept_pass([m(12.0, 2.0), m(9.0, 2.6)]).anchor_ratio == 2.0  # even count: the lower middle
+    assert kept_pass([m(12.0), m(9.0), m(10.0)]).latency_ms_p50 == 9.0  # unanchored: the fastest pass
+    assert kept_pass([m(12.0, 2.0), m(9.0)]).latency_ms_p50 == 9.0  # mixed: as if unanchored

@@ -17,7 +17,7 @@ from profilers.environment import cpu_slug
 from profilers.fake import FakeProfiler
 from profilers.protocol import ProtocolConfig
 from profilers.run import profile
-from profilers.tables import COLUMNS, list_tables, load_table
+from profilers.tables import COLUMNS, list_tables, load_table, row_key
 from profilers.testing import TINY_LLAMA
 from profilers.workload import GridConfig, build_points, head_grid, sample_shapes
 
@@ -117,6 +117,42 @@ def test_the_reference_probe_scales_slow_moments_of_the_machine_away(tmp_path: P
     raw = load_table(run_fake(tmp_path / "raw", profiler=FakeProfiler(off, slowdown=slow)).path)
     assert "reference" not in raw.meta
     assert max(r["latency_ms_p50"] / c["latency_ms_p50"] for r, c in zip(raw.rows, clean.rows)) == pytest.approx(1.5, rel=1e-3)
+
+
+def test_the_anchor_divides_a_memory_drift_out_of_decode_rows(tmp_path: Path) -> None:
+    """A drift the compute probe does not see (the memory) stays in probed rows; anchored decode rows lose it."""
+    points = build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)
+    anchored = dataclasses.replace(FAST, anchor=True)
+    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(anchored)).path)
+    drift = dict.fromkeys(range(1, len(points) + 1, 3), 1.5)  # a third of the points measured 1.5x slow
+    table = load_table(run_fake(tmp_path / "drift", profiler=FakeProfiler(anchored, memory_slowdown=drift)).path)
+    probed = load_table(run_fake(tmp_path / "probed", profiler=FakeProfiler(FAST, memory_slowdown=drift)).path)
+    ratio = {r["phase"]: [] for r in table.rows}
+    for row, base, old in zip(table.rows, clean.rows, probed.rows):
+        ratio[row["phase"]].append((row["latency_ms_p50"] / base["latency_ms_p50"], old["latency_ms_p50"] / base["latency_ms_p50"]))
+    assert [a for a, _ in ratio["decode"]] == pytest.approx([1.0] * len(ratio["decode"]), rel=1e-3)  # anchored: clean
+    assert max(a for a, _ in ratio["prefill"]) == pytest.approx(1.5, rel=1e-3)  # prefill is not anchored
+    assert max(p for _, p in ratio["decode"]) == pytest.approx(1.5, rel=1e-3)  # the probe alone keeps the drift
+    info = table.meta["anchor"]
+    decode = {r.key for r in points if r.phase == "decode"}
+    assert set(info["anchor_by_point"]) == set(info["ratio_by_point"]) == decode
+    (anchor_key,) = info["baseline_ms"]  # one decode workload in GRID, one anchor
+    assert anchor_key.startswith("whole-model|decode|") and set(info["anchor_by_point"].values()) == {anchor_key}
+    # the probe scaled the other rows only; raw decode rows can be recovered from the meta
+    assert not decode & set(table.meta["reference"]["compute_share_by_point"])
+    key = sorted(decode)[0]
+    row = next(r for r in table.rows if row_key(r) == key)
+    assert row["latency_ms_p50"] == pytest.approx(info["ratio_by_point"][key] * info["baseline_ms"][anchor_key], rel=1e-4)
+
+
+def test_an_anchored_run_killed_midway_resumes_to_the_same_table(tmp_path: Path) -> None:
+    anchored = dataclasses.replace(FAST, anchor=True, rounds=2)
+    whole = load_table(run_fake(tmp_path / "whole", profiler=FakeProfiler(anchored)).path)
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(tmp_path / "killed", profiler=FakeProfiler(anchored, fail_after=11))
+    resumed = load_table(run_fake(tmp_path / "killed", profiler=FakeProfiler(anchored)).path)
+    assert [r["latency_ms_p50"] for r in resumed.rows] == pytest.approx([r["latency_ms_p50"] for r in whole.rows], rel=1e-6)
+    assert resumed.meta["anchor"]["ratio_by_point"] == pytest.approx(whole.meta["anchor"]["ratio_by_point"])
 
 
 def test_a_run_killed_between_passes_resumes_without_measuring_a_pass_twice(tmp_path: Path) -> None:
@@ -365,6 +401,7 @@ def test_cli_entry_point_exits_non_zero_without_traceback(tmp_path: Path) -> Non
         (["--device", HERE, "--model", "ref-decoder", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
         (["--device", HERE, "--model", "no/such-model-here", "--grid", "{bad"], "--grid is not valid JSON"),
         (["--device", HERE, "--model", "ref-decoder", "--threads", "0"], "protocol.threads is 0"),
+        (["--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--anchor"], "--anchor on onnxruntime needs --no-spinning"),
         (["--device", "gpu", "--model", "ref-decoder", "--estimate"], "unknown device 'gpu'"),
     ],
 )
@@ -498,15 +535,15 @@ def test_rescale_scales_an_old_table_by_compute_share_from_its_probes(tmp_path: 
 def test_a_run_judges_each_points_passes_by_its_compute_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The kept pass is chosen by the rule the rows are scaled by: p50 / probe ** compute share."""
     import profilers.run as run_module
-    from profilers.protocol import fastest_round
+    from profilers.protocol import kept_pass
 
     judged: list[float] = []
 
     def recording(rounds, compute_share=1.0):  # type: ignore[no-untyped-def]
         judged.append(compute_share)
-        return fastest_round(rounds, compute_share)
+        return kept_pass(rounds, compute_share)
 
-    monkeypatch.setattr(run_module, "fastest_round", recording)
+    monkeypatch.setattr(run_module, "kept_pass", recording)
     monkeypatch.setattr(run_module, "l3_cache_bytes", lambda text=None: 1024)  # a 1 KiB cache: bytes count
     two = dataclasses.replace(FAST, rounds=2)
     table = load_table(run_fake(tmp_path, profiler=FakeProfiler(two, seed=0)).path)
