@@ -27,7 +27,8 @@ CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 #: exports every whole Qwen2.5-0.5B shape (10-50 s each, and 0.1-2 GB: too big to keep for a
 #: second pass), so that table has 80 shapes (the first 80 of the torch table's 120: same seed)
 #: measured in 7 staggered passes (each graph exported once, its session kept for its passes),
-#: with ORT's spinning off so that the reference probe corrects every point.
+#: with ORT's spinning off so that the reference probe corrects every point, and its decode rows
+#: anchored (--anchor: each sample timed beside a fixed mid-size decode step, kept loaded).
 MINILM_GRID = '{"whole_model_samples": 130, "whole_model_ffn_steps": 32}'
 MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, "--rounds", "5"], "onnxruntime": ["--grid", MINILM_GRID, "--rounds", "5"]}),
@@ -39,7 +40,7 @@ MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "qwen2.5-0.5b": (
         "qwen2.5-0.5b",
         {"torch": ["--grid", '{"whole_model_samples": 120}', "--rounds", "3"],
-         "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--rounds", "7", "--stagger", "--no-spinning"]},
+         "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--rounds", "7", "--stagger", "--no-spinning", "--anchor"]},
     ),
 }
 ESTIMATED_DEVICES = ("a5000", "jetson-agx-orin-64gb", "jetson-orin-nano-8gb")

@@ -38,8 +38,9 @@ class VerifyResult:
     seconds: float
     checkpoint: Path | None = None
     notes: list[str] = field(default_factory=list)
-    #: The measurement scaled to the machine speed the table was measured at (its reference probe),
-    #: the like-for-like number to set beside the prediction on a shared machine; None without a probe.
+    #: The measurement at the machine speed the table was measured at (its reference probe, or for
+    #: anchored decode tables its anchor: :class:`TableSpeedRule`), the like-for-like number to set
+    #: beside the prediction on a shared machine; None without a probe or anchor.
     measured_latency_ms_table_speed: float | None = None
 
     @property
@@ -76,6 +77,7 @@ def verify(
     from nas.supernet.evaluate import SubnetEvaluator
     from profilers.cost import ModelDims, block_cost
     from profilers.devices import check_device_name
+    from profilers.workload import anchor_point
 
     start = time.perf_counter()
     config_path = Path(config_path)
@@ -99,11 +101,14 @@ def verify(
             metric = "perplexity" if family.kind == "decoder" else "cosine"
             measured_accuracy = evaluator.score_model(extracted).metrics[metric]
         del base, extracted
-        cost = asdict(block_cost(ModelDims.from_config(family, source_model.config_dict()), whole_model_point(shape, workload)))
+        point = whole_model_point(shape, workload)
+        cost = asdict(block_cost(ModelDims.from_config(family, source_model.config_dict()), point))
+        anchor = anchor_point(family.space(source_model.config_dict()), point).key if point.phase == "decode" else None
         predicted_entry = dict((config.objectives.get("latency") or {}).get(key) or {})
-        rule = _table_speed_rule(predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root, cost)
-        measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol,
-                                      compute_share=rule[1] if rule else 1.0)
+        rule = _table_speed_rule(predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root,
+                                 cost, anchor)
+        measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol or _protocol_like(rule),
+                                      compute_share=rule.share if rule else 1.0)
 
     objectives = _deep_copy(config.objectives)
     accuracy = objectives.setdefault("accuracy", {})
@@ -119,9 +124,13 @@ def verify(
         measured_noisy=bool(measurement.noisy),
         measured_on=time.strftime("%Y-%m-%d"),
     )
-    table_speed = _at_table_speed(measurement, rule)
+    table_speed = rule.at_table_speed(measurement) if rule else None
     if table_speed is not None:
-        entry.update(measured_ms_table_speed=round(table_speed, 4), measured_reference_ms=round(measurement.reference_ms, 5))
+        entry["measured_ms_table_speed"] = round(table_speed, 4)
+        if rule is not None and rule.anchor is not None:
+            entry["measured_anchor_ratio"] = round(float(measurement.anchor_ratio), 6)
+        else:
+            entry["measured_reference_ms"] = round(float(measurement.reference_ms), 5)
     updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)
     updated.save(config_path)
     study_updated = _write_to_study(objectives, storage, Path(studies_dir), measured_accuracy, measurement.latency_ms_p50)
@@ -144,24 +153,50 @@ def verify(
     )
 
 
-def _at_table_speed(measurement: Any, rule: tuple[float, float] | None) -> float | None:
-    """``p50 * (baseline / probe) ** share``: the measurement at the speed the prediction's table saw this machine.
+@dataclass(frozen=True)
+class TableSpeedRule:
+    """How the prediction's table took the machine's moment out of its rows, for verify to do the same.
 
-    ``rule`` is the table's ``(baseline, share)`` (:func:`_table_speed_rule`); None where the table,
-    its reference baseline or this measurement's probe is missing.
+    Probed tables: ``p50 * (baseline_ms / probe) ** share`` (``share``: the shape's compute share on
+    the table's roofs, 1 for tables that scaled every row in full). Anchored decode rows (``anchor``:
+    the anchor point's key): ``ratio * baseline_ms``, the measurement's median ratio to the same
+    anchor times the anchor's median over the table's run. ``spinning``: the table's ONNX Runtime
+    setting, which verify takes so that it is probed (or anchored) as the table was.
     """
-    if rule is None or measurement.reference_ms is None:
+
+    baseline_ms: float
+    share: float = 1.0
+    anchor: str | None = None
+    spinning: bool = True
+
+    def at_table_speed(self, measurement: Any) -> float | None:
+        """The measurement at the speed the table saw this machine; None where it lacks the probe or the anchor."""
+        if self.anchor is not None:
+            ratio = measurement.anchor_ratio
+            return None if ratio is None else float(ratio * self.baseline_ms)
+        if measurement.reference_ms is None:
+            return None
+        return float(measurement.latency_ms_p50 * (self.baseline_ms / measurement.reference_ms) ** self.share)
+
+
+def _protocol_like(rule: TableSpeedRule | None) -> Any:
+    """The default protocol, probed or anchored the way the prediction's table was (None: the plain default)."""
+    from profilers.protocol import ProtocolConfig
+
+    if rule is None:
         return None
-    baseline, share = rule
-    return float(measurement.latency_ms_p50 * (baseline / measurement.reference_ms) ** share)
+    return ProtocolConfig(spinning=rule.spinning, anchor=rule.anchor is not None)
 
 
-def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[str, float]) -> tuple[float, float] | None:
-    """The prediction's table's reference baseline (ms) and the shape's compute share, as the table scaled its rows.
+def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[str, float],
+                      anchor: str | None = None) -> TableSpeedRule | None:
+    """The prediction's table's rule (:class:`TableSpeedRule`) for a shape of cost ``cost``.
 
-    ``share`` is the shape's compute share (``cost``: its flops and bytes) on the table's roofs (1 for
-    tables that scaled every row in full); verify also judges its passes by it. ``source`` is the
-    table's label (``device/runtime/name (measured)``); None where the table or its baseline is missing.
+    ``anchor`` is the key of the anchor a decode shape is timed beside (``profilers.workload.anchor_point``):
+    where the table anchored its decode rows to it, the rule is the anchor's. Else the table's
+    reference probe, with the shape's compute share on the table's roofs (verify also judges its
+    passes by it). ``source`` is the table's label (``device/runtime/name (measured)``); None where
+    the table, or both its anchor and its baseline, are missing.
     """
     from profilers.environment import l3_cache_bytes
     from profilers.run import compute_share, table_roofs
@@ -178,6 +213,10 @@ def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[st
     except AnyshapeError:
         return None
     table = (meta.get("tables") or {}).get(name) or {}
+    spinning = bool((table.get("protocol") or {}).get("spinning", True))
+    anchors = (table.get("anchor") or {}).get("baseline_ms") or {}
+    if anchor is not None and anchors.get(anchor):
+        return TableSpeedRule(float(anchors[anchor]), anchor=anchor, spinning=spinning)
     reference = table.get("reference") or {}
     baseline = reference.get("baseline_ms")
     if not baseline:
@@ -185,7 +224,7 @@ def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[st
     share = 1.0
     if "compute_share_by_point" in reference:
         share = compute_share(cost, *table_roofs(table), l3_cache_bytes())
-    return float(baseline), share
+    return TableSpeedRule(float(baseline), share, spinning=spinning)
 
 
 def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str, Workload, float | None, str | None]:
@@ -217,7 +256,7 @@ def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, ru
                     compute_share: float = 1.0) -> Any:
     """Whole-model latency of ``shape`` for ``workload``, with the profilers' runtime and protocol, on this device.
 
-    ``compute_share``: how the passes are judged (``profilers.protocol.fastest_round``), as a table judges its rows'.
+    ``compute_share``: how the passes are judged (``profilers.protocol.kept_pass``), as a table judges its rows'.
     """
     from profilers.blocks import ModelSpec
     from profilers.protocol import ProtocolConfig

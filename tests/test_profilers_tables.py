@@ -467,26 +467,55 @@ def test_gpu_estimates_calibrate_on_a_measured_gpu_table(tmp_path: Path) -> None
 
 
 def test_verify_sets_a_measurement_at_the_tables_machine_speed(tmp_path: Path) -> None:
-    from nas.verify import _at_table_speed, _table_speed_rule
+    from nas.verify import _protocol_like, _table_speed_rule
     from profilers.protocol import Measurement
 
     table = load_table(run_fake(tmp_path).path)  # the fake probe's baseline is 1 ms
     label = table.label
     small = {"flops": 1e6, "weight_bytes": 1e6, "activation_bytes": 1e5}  # fits the cache: the cores' time
     slow_moment = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, reference_ms=1.2)
-    assert _at_table_speed(slow_moment, _table_speed_rule(label, tmp_path, small)) == pytest.approx(10.0)
+    rule = _table_speed_rule(label, tmp_path, small)
+    assert rule is not None and rule.at_table_speed(slow_moment) == pytest.approx(10.0)
     # a memory-bound shape is corrected by its compute share only, as the table scaled its rows
     big = {"flops": 1e6, "weight_bytes": 8e9, "activation_bytes": 0.0}
-    assert _at_table_speed(slow_moment, _table_speed_rule(label, tmp_path, big)) == pytest.approx(12.0, rel=1e-3)
+    memory_bound = _table_speed_rule(label, tmp_path, big)
+    assert memory_bound is not None and memory_bound.at_table_speed(slow_moment) == pytest.approx(12.0, rel=1e-3)
     # the same rule judges verify's passes: (baseline, share) before measuring
-    baseline, share = _table_speed_rule(label, tmp_path, big) or (0.0, 1.0)
-    assert baseline == pytest.approx(1.0) and share < 0.01
-    assert _table_speed_rule(label, tmp_path, small) == pytest.approx((1.0, 1.0))
+    assert memory_bound.baseline_ms == pytest.approx(1.0) and memory_bound.share < 0.01
+    assert (rule.baseline_ms, rule.share, rule.anchor) == (pytest.approx(1.0), pytest.approx(1.0), None)
     assert _table_speed_rule(label, tmp_path / "elsewhere", small) is None
-    unprobed = dataclasses.replace(slow_moment, reference_ms=None)
-    assert _at_table_speed(unprobed, _table_speed_rule(label, tmp_path, small)) is None
-    assert _at_table_speed(slow_moment, _table_speed_rule(label, tmp_path / "elsewhere", small)) is None
-    assert _at_table_speed(slow_moment, _table_speed_rule(None, tmp_path, small)) is None
+    assert _table_speed_rule(None, tmp_path, small) is None
+    assert rule.at_table_speed(dataclasses.replace(slow_moment, reference_ms=None)) is None
+    # an unanchored table has no anchor rule: a decode shape falls back to the probe
+    assert _table_speed_rule(label, tmp_path, small, anchor="whole-model|decode|x") == rule
+    assert _protocol_like(rule) is not None and not _protocol_like(rule).anchor and _protocol_like(None) is None
+
+
+def test_verify_times_an_anchored_tables_decode_shapes_beside_the_same_anchor(tmp_path: Path) -> None:
+    from nas.verify import _protocol_like, _table_speed_rule, whole_model_point
+    from nas.workload import Workload
+    from profilers.protocol import Measurement
+    from profilers.workload import anchor_point
+
+    anchored = dataclasses.replace(FAST, anchor=True, spinning=False)
+    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(anchored)).path)
+    space = SPEC.family.space(SPEC.config)
+    shape = space.full_shape()
+    point = whole_model_point(shape, Workload(phase="decode", seq_len=16))
+    anchor = anchor_point(space, point).key
+    baseline = table.meta["anchor"]["baseline_ms"][anchor]
+    small = {"flops": 1e6, "weight_bytes": 1e6, "activation_bytes": 1e5}
+    rule = _table_speed_rule(table.label, tmp_path, small, anchor=anchor)
+    assert rule is not None and rule.anchor == anchor and rule.baseline_ms == pytest.approx(baseline)
+    m = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, anchor_ms=4.0, anchor_ratio=3.0)
+    assert rule.at_table_speed(m) == pytest.approx(3.0 * baseline)  # the ratio, in the table's anchor
+    assert rule.at_table_speed(dataclasses.replace(m, anchor_ratio=None)) is None
+    protocol = _protocol_like(rule)  # verify measures as the table did: anchored, ORT threads not spinning
+    assert protocol.anchor and not protocol.spinning
+    # the anchor verify builds is the one the table used for this workload
+    assert set(table.meta["anchor"]["anchor_by_point"].values()) == {anchor}
+    # a prefill shape (no anchor) keeps the probe's rule
+    assert _table_speed_rule(table.label, tmp_path, small).anchor is None  # type: ignore[union-attr]
 
 
 def test_compute_share_follows_the_roofline() -> None:
