@@ -55,6 +55,26 @@ def _model_words(name: str) -> str:
     return "-".join(words[:4]) or "unknown"
 
 
+#: The fingerprint fields that name a CPU's microarchitecture (a slug such as ``cpu-amd-epyc-2c``
+#: does not: cloud VMs hide the model number, and one slug has been Zen 3, Zen 4 and Zen 5).
+CPU_ID_FIELDS = ("cpu_vendor", "cpu_family", "cpu_model_id")
+
+
+def cpu_mismatch(fingerprint: dict[str, Any], cpuinfo: dict[str, str] | None = None) -> str | None:
+    """How the CPU of a table's ``fingerprint`` differs from this one (vendor, family, model id); None if alike or unknown."""
+    info = read_cpuinfo() if cpuinfo is None else cpuinfo
+    here = {"cpu_vendor": info.get("vendor_id", ""), "cpu_family": info.get("cpu family", ""), "cpu_model_id": info.get("model", "")}
+    if not all(str(fingerprint.get(k) or "") and here[k] for k in CPU_ID_FIELDS):
+        return None
+    if all(str(fingerprint[k]) == here[k] for k in CPU_ID_FIELDS):
+        return None
+
+    def name(f: dict[str, Any]) -> str:
+        return f"{f['cpu_vendor']} family {f['cpu_family']} model {f['cpu_model_id']}"
+
+    return f"measured on {name(fingerprint)}, this machine is {name(here)}"
+
+
 def device_fingerprint(gpu: bool = False) -> dict[str, Any]:
     """CPU model, cores and memory; GPU name and driver when ``gpu`` and CUDA is present."""
     info = read_cpuinfo()

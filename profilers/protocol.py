@@ -12,7 +12,7 @@ and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). Th
    point is re-measured (up to ``max_remeasures`` more times); the attempt with the lowest CV is
    kept and, if even that one is above the threshold, the point is flagged ``noisy``;
 5. a table run makes ``rounds`` passes over all its points and keeps, per point, its fastest
-   pass (:func:`fastest_round`): a burst of load that inflates a pass of a point as a whole
+   pass (:func:`fastest_round`; anchored points their middle pass, :func:`kept_pass`): a burst of load that inflates a pass of a point as a whole
    (p10 included, which no statistic inside the pass can see) is dropped. With ``stagger`` a
    point's passes come one point apart instead (:func:`pass_schedule`), so a runtime that must
    rebuild a point for every pass (ONNX Runtime, graphs too big to keep on disk) keeps it
@@ -289,11 +289,13 @@ def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | Non
 def fastest_round(rounds: Sequence[Measurement], compute_share: float = 1.0) -> Measurement:
     """The pass with the lowest p50 at the run's machine speed: ``p50 / reference ** compute_share`` where probed.
 
-    Interference only ever adds time: on a shared machine a pass is either clean or slowed by
-    another tenant, for a second or for a minute (a MiniLM forward pass measured five times
-    over six minutes spread by 5 % even after the probe's correction, and the slow passes came
-    in runs). The fastest pass is the one least disturbed, the same argument as ``timeit``'s
-    "use the minimum"; the spread of the passes is kept in meta.json.
+    For work the probe speaks for, interference mostly adds time: on a shared machine a pass is
+    either clean or slowed by another tenant, for a second or for a minute (a MiniLM forward pass
+    measured five times over six minutes spread by 5 % even after the probe's correction, and the
+    slow passes came in runs). The fastest pass is the one least disturbed, the same argument as
+    ``timeit``'s "use the minimum"; the spread of the passes is kept in meta.json. A memory-bound
+    decode step also has fast moments (ONNX Runtime Qwen2.5-0.5B, 2026-11-29: the minimum call
+    was the worst statistic), which the minimum keeps: anchor those (:func:`kept_pass`).
 
     ``compute_share`` is the point's share of time the probe speaks for (``profilers.run.compute_share``,
     the rule a table scales its rows by): a memory-bound decode step is judged nearly raw, since

@@ -163,3 +163,32 @@ def test_a_workload_too_thin_to_fit_alone_uses_the_model_over_all_workloads(tabl
     assert decode > 0 and np.isfinite(decode)
     # the fallback learned decode from the prefill rows and the 4 decode ones: in range of what was measured
     assert min(measured.values()) * 0.5 < decode < max(measured.values()) * 2
+
+
+def test_a_table_measured_on_another_cpu_model_is_flagged(table, tmp_path, capsys):
+    """One slug (cpu-amd-epyc-2c) has been Zen 3, Zen 4 and Zen 5 VMs: a table from another CPU model says so."""
+    import shutil
+
+    from nas.predictor.api import _warn_if_measured_elsewhere
+    from profilers.environment import cpu_mismatch, cpu_slug
+
+    zen5 = {"vendor_id": "AuthenticAMD", "cpu family": "26", "model": "2"}
+    zen4 = {"cpu_vendor": "AuthenticAMD", "cpu_family": "25", "cpu_model_id": "17"}
+    assert cpu_mismatch(zen4, zen5) == "measured on AuthenticAMD family 25 model 17, this machine is AuthenticAMD family 26 model 2"
+    assert cpu_mismatch({"cpu_vendor": "AuthenticAMD", "cpu_family": "26", "cpu_model_id": "2"}, zen5) is None
+    assert cpu_mismatch({"cpu_model": "AMD EPYC"}, zen5) is None  # an old fingerprint without the ids: unknown, not flagged
+    assert cpu_mismatch(zen4, {}) is None  # no /proc/cpuinfo here
+
+    folder = tmp_path / cpu_slug() / "torch"
+    shutil.copytree(table.parent, folder)
+    csv_path = folder / table.name
+    _warn_if_measured_elsewhere(csv_path, cpu_slug(), csv_path.stem)
+    assert "warning" not in capsys.readouterr().err  # measured here
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["tables"][csv_path.stem]["fingerprint"].update(cpu_vendor="GenuineIntel", cpu_family="6", cpu_model_id="143")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    _warn_if_measured_elsewhere(csv_path, cpu_slug(), csv_path.stem)
+    err = capsys.readouterr().err
+    assert "was measured on GenuineIntel family 6 model 143" in err and "--overwrite" in err and err.count("\n") == 1
+    _warn_if_measured_elsewhere(csv_path, "a5000", csv_path.stem)  # another device's table: not this machine's to judge
+    assert capsys.readouterr().err == ""

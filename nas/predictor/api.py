@@ -32,6 +32,7 @@ def predictor_for(
     csv_path = Path(tables_root) / device / runtime / f"{name}.csv"
     if not csv_path.is_file():
         raise AnyshapeError(f"no latency table {csv_path}; build it with: anyshape profile --device {device} --runtime {runtime} --model {model}")
+    _warn_if_measured_elsewhere(csv_path, device, name)
     path = predictor_path(tables_root, device, runtime, name)
     if path.is_file() and not refit:
         predictor = load_predictor(path)
@@ -43,6 +44,26 @@ def predictor_for(
         sys.stderr.write(f"anyshape: note: {csv_path.name}: {predictor.refit_reason}\n")
     predictor.save(path)
     return predictor, spec
+
+
+def _warn_if_measured_elsewhere(csv_path: Path, device: str, name: str) -> None:
+    """Say so when a table measured for this machine's slug came from another CPU model (its latencies may not hold here)."""
+    from profilers.environment import cpu_mismatch, cpu_slug
+    from profilers.tables import read_meta
+
+    if device != cpu_slug():
+        return
+    try:
+        entry = (read_meta(csv_path.parent).get("tables") or {}).get(name) or {}
+    except AnyshapeError:
+        return
+    if entry.get("source") != "measured":
+        return
+    mismatch = cpu_mismatch(dict(entry.get("fingerprint") or {}))
+    if mismatch:
+        sys.stderr.write(f"anyshape: warning: {device}/{csv_path.parent.name}/{name} was {mismatch}; its latencies may not "
+                         f"hold here (prefill can differ 2x across CPU generations): re-measure it with anyshape profile "
+                         f"--device {device} --runtime {csv_path.parent.name} ... --overwrite\n")
 
 
 def shape_for_prediction(spec: Any, shape: dict[str, Any]) -> Shape:
