@@ -37,11 +37,42 @@ def logical_cores() -> int:
 
 
 def cpu_slug(cpuinfo: dict[str, str] | None = None, cores: int | None = None) -> str:
-    """This CPU's device slug, ``cpu-<vendor-model>-<N>c`` (e.g. ``cpu-xeon-8480-2c``, ``cpu-amd-epyc-2c``)."""
+    """This CPU's device slug, ``cpu-<vendor-model>-<N>c`` (e.g. ``cpu-xeon-8480-2c``, ``cpu-amd-epyc-zen4-2c``).
+
+    Where the model name carries no model number (cloud VMs show "AMD EPYC"), the
+    microarchitecture from ``cpu family`` / ``model`` is added (:func:`cpu_generation`): the
+    slug ``cpu-amd-epyc-2c`` had been a Zen 3, a Zen 4 and a Zen 5 machine, and ONNX Runtime
+    prefill ran twice as fast on the Zen 5 (docs/PROFILING.md).
+    """
     info = read_cpuinfo() if cpuinfo is None else cpuinfo
     cores = logical_cores() if cores is None else cores
     name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
-    return f"cpu-{_model_words(name)}-{cores}c"
+    words = _model_words(name)
+    if not re.search(r"\d", words):
+        generation = cpu_generation(info.get("vendor_id", ""), info.get("cpu family", ""), info.get("model", ""))
+        if generation:
+            words = f"{words}-{generation}"
+    return f"cpu-{words}-{cores}c"
+
+
+def cpu_generation(vendor: str, family: str, model: str) -> str | None:
+    """A short microarchitecture tag from CPUID family / model: ``zen3``, ``zen4``, ``zen5``, else ``f<family>m<model>``.
+
+    AMD's family 25 holds Zen 3 and Zen 4 by model range (Milan 0x01, Genoa 0x11, Bergamo 0xa0);
+    family 26 is Zen 5. None where the family or model is unknown.
+    """
+    try:
+        fam, mod = int(family), int(model)
+    except ValueError:
+        return None
+    if vendor == "AuthenticAMD":
+        if fam == 23:
+            return "zen2" if mod >= 0x30 else "zen1"
+        if fam == 25:
+            return "zen4" if 0x10 <= mod <= 0x1F or 0x60 <= mod <= 0x7F or 0xA0 <= mod <= 0xAF else "zen3"
+        if fam == 26:
+            return "zen5"
+    return f"f{fam}m{mod}"
 
 
 def _model_words(name: str) -> str:

@@ -329,3 +329,61 @@ def list_tables(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
             info["status"] = str(e)
         out.append(info)
     return out
+
+
+# --------------------------------------------------------------------------- refiling
+
+
+def refile_cpu_tables(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+    """Move every measured CPU table to the slug its own fingerprint gives; returns (from, to) pairs.
+
+    For tables filed before a slug named the microarchitecture of a CPU whose model name has no
+    model number (``cpu-amd-epyc-2c`` held Zen 3 and Zen 4 tables). The CSV moves as it is, its
+    meta.json entry moves with ``device`` set to the new slug, and emptied folders are removed;
+    nothing is measured. A table already at the target is an error (nothing moved for it).
+    """
+    from profilers.environment import cpu_slug
+
+    root = Path(root)
+    moves: list[tuple[Path, Path]] = []
+    emptied: list[Path] = []
+    for folder in sorted(p for p in root.glob("cpu-*/*") if (p / "meta.json").is_file()):
+        for name, entry in list(read_meta(folder)["tables"].items()):
+            fp = entry.get("fingerprint") or {}
+            if entry.get("source") != "measured" or not fp.get("cpu_family"):
+                continue
+            info = {"model name": str(fp.get("cpu_model") or ""), "vendor_id": str(fp.get("cpu_vendor") or ""),
+                    "cpu family": str(fp["cpu_family"]), "model": str(fp.get("cpu_model_id") or "")}
+            slug = cpu_slug(info, int(fp.get("logical_cores") or 1))
+            if slug == folder.parent.name:
+                continue
+            source, target = folder / str(entry.get("file") or f"{name}.csv"), root / slug / folder.name / f"{name}.csv"
+            if target.exists():
+                raise AnyshapeError(f"cannot refile {source}: {target} exists already")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(target.parent):
+                try:
+                    meta = read_meta(target.parent)
+                except AnyshapeError:
+                    meta = {"format": TABLE_FORMAT, "device": slug, "runtime": folder.name, "tables": {}}
+                meta["tables"][name] = {**entry, "device": slug, "file": target.name}
+                meta["tables"] = dict(sorted(meta["tables"].items()))
+                write_text_atomic(target, source.read_text())
+                write_json_atomic(target.parent / "meta.json", meta)
+            with _locked(folder):
+                meta = read_meta(folder)
+                del meta["tables"][name]
+                source.unlink()
+                if meta["tables"]:
+                    write_json_atomic(folder / "meta.json", meta)
+                else:
+                    (folder / "meta.json").unlink()
+                    emptied.append(folder)
+            moves.append((source, target))
+    for folder in emptied:  # their derived predictors go too, then the folders if nothing else is left
+        for derived in folder.glob("*.predictor.*"):
+            derived.unlink()
+        for empty in (folder, folder.parent):
+            with contextlib.suppress(OSError):
+                empty.rmdir()
+    return moves

@@ -47,13 +47,26 @@ def machine_bandwidth_gb_s(fresh: float = 0.0) -> float:
     ("model_name", "cores", "slug"),
     [
         ("Intel(R) Xeon(R) Platinum 8480+", 2, "cpu-xeon-8480-2c"),
-        ("AMD EPYC", 2, "cpu-amd-epyc-2c"),
+        ("AMD EPYC", 2, "cpu-amd-epyc-2c"),  # no family / model known
         ("AMD EPYC 7763 64-Core Processor", 16, "cpu-amd-epyc-7763-16c"),
         ("Intel(R) Core(TM) i9-13900K CPU @ 3.00GHz", 8, "cpu-core-i9-13900k-8c"),
     ],
 )
 def test_cpu_slug_from_cpuinfo(model_name: str, cores: int, slug: str) -> None:
     assert cpu_slug({"model name": model_name}, cores) == slug
+
+
+@pytest.mark.parametrize(
+    ("family", "model", "slug"),
+    [("25", "1", "cpu-amd-epyc-zen3-2c"), ("25", "17", "cpu-amd-epyc-zen4-2c"), ("26", "2", "cpu-amd-epyc-zen5-2c"),
+     ("23", "49", "cpu-amd-epyc-zen2-2c"), ("27", "0", "cpu-amd-epyc-f27m0-2c")],
+)
+def test_a_cpu_named_without_a_model_number_is_told_apart_by_its_family(family: str, model: str, slug: str) -> None:
+    """Cloud VMs show "AMD EPYC" for Zen 3, 4 and 5 alike; their tables must not share a slug."""
+    info = {"model name": "AMD EPYC", "vendor_id": "AuthenticAMD", "cpu family": family, "model": model}
+    assert cpu_slug(info, 2) == slug
+    numbered = {**info, "model name": "AMD EPYC 9654 96-Core Processor"}  # a model number says it already
+    assert cpu_slug(numbered, 2) == "cpu-amd-epyc-9654-2c"
 
 
 def test_this_machine_has_a_slug() -> None:

@@ -581,3 +581,34 @@ def test_a_run_judges_each_points_passes_by_its_compute_share(tmp_path: Path, mo
     assert judged == pytest.approx(list(shares.values()), abs=0.05)  # the same rule (roofs of the run's start vs end)
     assert min(judged) < 0.5  # memory-bound points were judged nearly raw, not per probe in full
     assert table.meta["passes"]["kept"].startswith("fastest pass (p50 / reference probe ** compute share")
+
+
+def test_refiling_moves_a_cpu_table_to_the_slug_its_fingerprint_gives(tmp_path: Path) -> None:
+    import shutil
+
+    from profilers.tables import refile_cpu_tables
+
+    made = run_fake(tmp_path / "made").path
+    old = tmp_path / "root" / "cpu-amd-epyc-2c" / "fake"
+    shutil.copytree(made.parent, old)
+    (old / "tiny-llama.predictor.json").write_text("{}")  # a derived predictor: goes with the folder
+    meta = json.loads((old / "meta.json").read_text())
+    meta["device"] = "cpu-amd-epyc-2c"
+    meta["tables"]["tiny-llama"].update(device="cpu-amd-epyc-2c")
+    meta["tables"]["tiny-llama"]["fingerprint"].update(cpu_model="AMD EPYC", cpu_vendor="AuthenticAMD", cpu_family="25",
+                                                       cpu_model_id="17", logical_cores=2)
+    (old / "meta.json").write_text(json.dumps(meta))
+    before = (old / "tiny-llama.csv").read_text()
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "root", copy)
+    moves = refile_cpu_tables(tmp_path / "root")
+    target = tmp_path / "root" / "cpu-amd-epyc-zen4-2c" / "fake" / "tiny-llama.csv"
+    assert moves == [(old / "tiny-llama.csv", target)]
+    assert target.read_text() == before and not (tmp_path / "root" / "cpu-amd-epyc-2c").exists()
+    table = load_table(target, device="cpu-amd-epyc-zen4-2c", check_software=False)
+    assert table.meta["device"] == "cpu-amd-epyc-zen4-2c"
+    assert refile_cpu_tables(tmp_path / "root") == []  # where it belongs now
+    shutil.copytree(target.parent, copy / "cpu-amd-epyc-zen4-2c" / "fake")  # the target is taken: refused, nothing moved
+    with pytest.raises(AnyshapeError, match="exists already"):
+        refile_cpu_tables(copy)
+    assert (copy / "cpu-amd-epyc-2c" / "fake" / "tiny-llama.csv").read_text() == before

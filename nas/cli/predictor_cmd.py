@@ -11,7 +11,7 @@ from nas.cli._app import app, parse_shape_arg, print_json
 predictor_app = typer.Typer(help="Learned latency predictors fit on latency tables.", no_args_is_help=True)
 app.add_typer(predictor_app, name="predictor")
 
-DEVICE = typer.Option(..., "--device", help="Device slug, e.g. cpu-amd-epyc-2c, a5000.")
+DEVICE = typer.Option(..., "--device", help="Device slug, e.g. cpu-amd-epyc-zen4-2c, a5000.")
 RUNTIME = typer.Option(..., "--runtime", help="torch | onnxruntime")
 MODEL = typer.Option(..., "--model", help="Model whose table to use (alias, path or builtin profiling config).")
 TABLES = typer.Option(Path("latency_tables"), "--tables", help="Root folder of the latency tables.")
