@@ -3,6 +3,7 @@
     python benchmarks/predictor.py                       # every measured table of this CPU
     python benchmarks/predictor.py --refit --holdout 0.4  # refit first (same seeded split)
     python benchmarks/predictor.py --refit --only onnxruntime/qwen2.5-0.5b  # one table
+    python benchmarks/predictor.py --device cpu-amd-epyc-zen4-2c  # another CPU's tables (scoring measures nothing)
 
 For each measured table of this machine (``latency_tables/<this cpu>/<runtime>/<name>.csv``):
 fit the predictor if none is saved with the same held-out share (or ``--refit``), then report
@@ -76,6 +77,8 @@ def pass_noise(table_path: Path) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default=str(ROOT / "latency_tables"))
+    parser.add_argument("--device", default=None,
+                        help="score the tables of this slug (default: this machine's; scoring measures nothing)")
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--holdout", type=float, default=0.4)
     parser.add_argument("--min-held-out", type=int, default=50, help="held-out shapes per workload to aim for")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from profilers.environment import cpu_slug
     from profilers.tables import list_tables
 
-    device = cpu_slug()
+    device = args.device or cpu_slug()
     print(f"# predictors on {device} ({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}\n")
     tables = [t for t in list_tables(args.tables) if t["device"] == device and t["source"] == "measured"]
     known = {f"{t['runtime']}/{t['name']}" for t in tables}
