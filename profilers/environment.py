@@ -93,8 +93,7 @@ CPU_ID_FIELDS = ("cpu_vendor", "cpu_family", "cpu_model_id")
 
 def cpu_mismatch(fingerprint: dict[str, Any], cpuinfo: dict[str, str] | None = None) -> str | None:
     """How the CPU of a table's ``fingerprint`` differs from this one (vendor, family, model id); None if alike or unknown."""
-    info = read_cpuinfo() if cpuinfo is None else cpuinfo
-    here = {"cpu_vendor": info.get("vendor_id", ""), "cpu_family": info.get("cpu family", ""), "cpu_model_id": info.get("model", "")}
+    here = _cpu_ids(read_cpuinfo() if cpuinfo is None else cpuinfo)
     if not all(str(fingerprint.get(k) or "") and here[k] for k in CPU_ID_FIELDS):
         return None
     if all(str(fingerprint[k]) == here[k] for k in CPU_ID_FIELDS):
@@ -106,14 +105,24 @@ def cpu_mismatch(fingerprint: dict[str, Any], cpuinfo: dict[str, str] | None = N
     return f"measured on {name(fingerprint)}, this machine is {name(here)}"
 
 
+def _cpu_ids(info: dict[str, str]) -> dict[str, str]:
+    """The :data:`CPU_ID_FIELDS` of a fingerprint, from ``/proc/cpuinfo`` fields."""
+    return {"cpu_vendor": info.get("vendor_id", ""), "cpu_family": info.get("cpu family", ""), "cpu_model_id": info.get("model", "")}
+
+
+def fingerprint_slug(fingerprint: dict[str, Any]) -> str:
+    """The slug :func:`cpu_slug` gives the CPU a table's ``fingerprint`` describes (its cpuinfo fields, read back)."""
+    info = {"model name": str(fingerprint.get("cpu_model") or ""), "vendor_id": str(fingerprint.get("cpu_vendor") or ""),
+            "cpu family": str(fingerprint.get("cpu_family") or ""), "model": str(fingerprint.get("cpu_model_id") or "")}
+    return cpu_slug(info, int(fingerprint.get("logical_cores") or 1))
+
+
 def device_fingerprint(gpu: bool = False) -> dict[str, Any]:
     """CPU model, cores and memory; GPU name and driver when ``gpu`` and CUDA is present."""
     info = read_cpuinfo()
     fingerprint: dict[str, Any] = {
         "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
-        "cpu_vendor": info.get("vendor_id", ""),
-        "cpu_family": info.get("cpu family", ""),
-        "cpu_model_id": info.get("model", ""),
+        **_cpu_ids(info),
         "logical_cores": logical_cores(),
         "machine": platform.machine(),
         "memory_gib": _memory_gib(),

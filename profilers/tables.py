@@ -185,17 +185,22 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 def write_table(csv_path: Path, rows: Sequence[Mapping[str, Any]], entry: Mapping[str, Any]) -> None:
     """Write the CSV and its meta.json entry, both atomically."""
-    folder = csv_path.parent
-    device, runtime, name = folder.parent.name, folder.name, csv_path.stem
     if entry.get("source") not in SOURCES:
         raise ValueError(f"meta source must be one of {SOURCES}, got {entry.get('source')!r}")
+    _file_table(csv_path, format_rows(rows), {**entry, "rows": len(rows)})
+
+
+def _file_table(csv_path: Path, text: str, entry: Mapping[str, Any]) -> None:
+    """Write a table's CSV text and put its entry into its folder's meta.json, both atomically, under the folder's lock."""
+    folder = csv_path.parent
+    device, runtime, name = folder.parent.name, folder.name, csv_path.stem
     with _locked(folder):
-        write_text_atomic(csv_path, format_rows(rows))
+        write_text_atomic(csv_path, text)
         try:
             meta = read_meta(folder)
         except AnyshapeError:
             meta = {"format": TABLE_FORMAT, "device": device, "runtime": runtime, "tables": {}}
-        meta["tables"][name] = {**entry, "rows": len(rows), "file": csv_path.name}
+        meta["tables"][name] = {**entry, "file": csv_path.name}
         meta["tables"] = dict(sorted(meta["tables"].items()))
         write_json_atomic(folder / "meta.json", meta)
 
@@ -342,9 +347,11 @@ def refile_cpu_tables(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
     meta.json entry moves with ``device`` set to the new slug, and emptied folders are removed;
     nothing is measured. A table already at the target is an error (nothing moved for it).
     """
-    from profilers.environment import cpu_slug
+    from profilers.environment import fingerprint_slug
 
     root = Path(root)
+    if not root.is_dir():
+        raise AnyshapeError(f"no tables folder {root}")
     moves: list[tuple[Path, Path]] = []
     emptied: list[Path] = []
     for folder in sorted(p for p in root.glob("cpu-*/*") if (p / "meta.json").is_file()):
@@ -352,24 +359,15 @@ def refile_cpu_tables(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
             fp = entry.get("fingerprint") or {}
             if entry.get("source") != "measured" or not fp.get("cpu_family"):
                 continue
-            info = {"model name": str(fp.get("cpu_model") or ""), "vendor_id": str(fp.get("cpu_vendor") or ""),
-                    "cpu family": str(fp["cpu_family"]), "model": str(fp.get("cpu_model_id") or "")}
-            slug = cpu_slug(info, int(fp.get("logical_cores") or 1))
+            slug = fingerprint_slug(fp)
             if slug == folder.parent.name:
                 continue
             source, target = folder / str(entry.get("file") or f"{name}.csv"), root / slug / folder.name / f"{name}.csv"
+            if not source.is_file():
+                raise AnyshapeError(f"cannot refile {name}: {folder / 'meta.json'} names {source.name}, which is not there")
             if target.exists():
                 raise AnyshapeError(f"cannot refile {source}: {target} exists already")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with _locked(target.parent):
-                try:
-                    meta = read_meta(target.parent)
-                except AnyshapeError:
-                    meta = {"format": TABLE_FORMAT, "device": slug, "runtime": folder.name, "tables": {}}
-                meta["tables"][name] = {**entry, "device": slug, "file": target.name}
-                meta["tables"] = dict(sorted(meta["tables"].items()))
-                write_text_atomic(target, source.read_text())
-                write_json_atomic(target.parent / "meta.json", meta)
+            _file_table(target, source.read_text(), {**entry, "device": slug})  # written before the source goes
             with _locked(folder):
                 meta = read_meta(folder)
                 del meta["tables"][name]

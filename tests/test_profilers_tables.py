@@ -619,3 +619,8 @@ def test_refiling_moves_a_cpu_table_to_the_slug_its_fingerprint_gives(tmp_path: 
     with pytest.raises(AnyshapeError, match="exists already"):
         refile_cpu_tables(copy)
     assert (copy / "cpu-amd-epyc-2c" / "fake" / "tiny-llama.csv").read_text() == before
+    (copy / "cpu-amd-epyc-2c" / "fake" / "tiny-llama.csv").unlink()  # meta.json names a CSV that is gone
+    with pytest.raises(AnyshapeError, match=r"names tiny-llama\.csv, which is not there"):
+        refile_cpu_tables(copy)
+    with pytest.raises(AnyshapeError, match="no tables folder"):
+        refile_cpu_tables(tmp_path / "nowhere")
