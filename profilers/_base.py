@@ -16,6 +16,9 @@ from profilers.protocol import Anchor, Measurement, ProtocolConfig, ReferencePro
 from profilers.workload import BlockPoint, anchor_point
 
 DeviceKind = Literal["cpu", "cuda"]
+#: How profiled models are filled (meta.json ``runtime_info.weights``). Tables without it were
+#: measured on models whose same-shaped parameters were equal, which ONNX Runtime shares.
+WEIGHTS = "seeded random, distinct per parameter"
 
 
 class BaseProfiler(ABC):
@@ -91,4 +94,4 @@ class BaseProfiler(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What goes into meta.json about the runtime (name, device kind, provider, threads)."""
-        return {"runtime": self.runtime, "device_kind": self.device, "threads": self.protocol.threads}
+        return {"runtime": self.runtime, "device_kind": self.device, "threads": self.protocol.threads, "weights": WEIGHTS}

@@ -47,15 +47,26 @@ class BuiltBlock:
 
 
 def fill_random_(module: nn.Module, seed: int = 0, std: float = 0.02) -> None:
-    """Fill every parameter from a seeded N(0, std) pool, tiled (fast for 100M+ parameters)."""
+    """Fill every parameter from a seeded N(0, std) pool, tiled (fast for 100M+ parameters).
+
+    Each parameter starts at its own offset in the pool, so no two parameters hold the same
+    values: ONNX Runtime shares initializers of equal content, and a model whose layers all
+    held one set of weights streamed about half the bytes a real one does (a chain of 40
+    896x4864 MatMuls read 98.7 GB/s with equal weights, 46.1-46.5 with distinct ones, on a
+    machine whose memory reads 46-50 GB/s; docs/BENCHMARKS.md, 2026-11-29).
+    """
     gen = torch.Generator().manual_seed(seed)
-    pool = torch.randn(1 << 20, generator=gen) * std
+    n = 1 << 20
+    pool = torch.randn(n, generator=gen) * std
+    pool = torch.cat([pool, pool])  # a window of n values from any offset
+    params = list(module.parameters())
+    offsets = torch.randperm(n, generator=gen)[: len(params)].tolist()  # distinct starts
     with torch.no_grad():
-        for p in module.parameters():
+        for p, offset in zip(params, offsets):
             flat = p.data.view(-1)
-            for start in range(0, flat.numel(), pool.numel()):
-                chunk = flat[start : start + pool.numel()]
-                chunk.copy_(pool[: chunk.numel()])
+            for start in range(0, flat.numel(), n):
+                chunk = flat[start : start + n]
+                chunk.copy_(pool[offset : offset + chunk.numel()])
 
 
 def build_model(spec: ModelSpec, shape: Shape, *, vocab: int | None = None) -> nn.Module:

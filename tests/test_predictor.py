@@ -169,7 +169,7 @@ def test_a_table_measured_on_another_cpu_model_is_flagged(table, tmp_path, capsy
     """One slug (cpu-amd-epyc-2c) has been Zen 3, Zen 4 and Zen 5 VMs: a table from another CPU model says so."""
     import shutil
 
-    from nas.predictor.api import _warn_if_measured_elsewhere
+    from nas.predictor.api import _warn_about_table
     from profilers.environment import cpu_mismatch, cpu_slug
 
     zen5 = {"vendor_id": "AuthenticAMD", "cpu family": "26", "model": "2"}
@@ -182,13 +182,35 @@ def test_a_table_measured_on_another_cpu_model_is_flagged(table, tmp_path, capsy
     folder = tmp_path / cpu_slug() / "torch"
     shutil.copytree(table.parent, folder)
     csv_path = folder / table.name
-    _warn_if_measured_elsewhere(csv_path, cpu_slug(), csv_path.stem)
+    _warn_about_table(csv_path, cpu_slug(), csv_path.stem)
     assert "warning" not in capsys.readouterr().err  # measured here
     meta = json.loads((folder / "meta.json").read_text())
     meta["tables"][csv_path.stem]["fingerprint"].update(cpu_vendor="GenuineIntel", cpu_family="6", cpu_model_id="143")
     (folder / "meta.json").write_text(json.dumps(meta))
-    _warn_if_measured_elsewhere(csv_path, cpu_slug(), csv_path.stem)
+    _warn_about_table(csv_path, cpu_slug(), csv_path.stem)
     err = capsys.readouterr().err
     assert "was measured on GenuineIntel family 6 model 143" in err and "--overwrite" in err and err.count("\n") == 1
-    _warn_if_measured_elsewhere(csv_path, "a5000", csv_path.stem)  # another device's table: not this machine's to judge
+    _warn_about_table(csv_path, "a5000", csv_path.stem)  # another device's table: not this machine's to judge
+    assert capsys.readouterr().err == ""
+
+
+def test_an_onnxruntime_table_measured_on_shared_weights_is_flagged(table, tmp_path, capsys):
+    """Before 2026-11-29 every layer of a profiled model held the same weights, which ONNX Runtime shares."""
+    import shutil
+
+    from nas.predictor.api import _warn_about_table
+
+    folder = tmp_path / "a5000" / "onnxruntime"
+    shutil.copytree(table.parent, folder)
+    csv_path = folder / table.name
+    meta = json.loads((folder / "meta.json").read_text())
+    entry = meta["tables"][csv_path.stem]
+    entry["runtime_info"] = {k: v for k, v in (entry.get("runtime_info") or {}).items() if k != "weights"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    _warn_about_table(csv_path, "a5000", csv_path.stem)
+    err = capsys.readouterr().err
+    assert "layers held equal weights" in err and "--runtime onnxruntime" in err and err.count("\n") == 1
+    entry["runtime_info"]["weights"] = "seeded random, distinct per parameter"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    _warn_about_table(csv_path, "a5000", csv_path.stem)
     assert capsys.readouterr().err == ""

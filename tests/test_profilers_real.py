@@ -167,3 +167,22 @@ def test_device_specs_are_cited_and_validated() -> None:
     assert all(d.sources and all(s.startswith("https://") for s in d.sources) for d in DEVICES.values())
     with pytest.raises(AnyshapeError, match="memory_bandwidth_gb_s"):
         DeviceSpec("x", "x", "cuda", 0.0, 1.0, 1.0, ("https://example.com",))
+
+
+def test_built_blocks_hold_distinct_seeded_weights() -> None:
+    """No two parameters of a profiled model are equal: ONNX Runtime shares initializers of equal
+    content, so layers filled alike made a whole model stream a fraction of its weights."""
+    import torch
+
+    from profilers.blocks import BlockBuilder
+
+    config = {**WIDE, "hidden_size": 64, "intermediate_size": 64, "num_attention_heads": 4,
+              "num_key_value_heads": 4, "num_hidden_layers": 3}
+    spec = ModelSpec("tiny", family_for(config), config)
+    point = BlockPoint("whole-model", "decode", 1, 1, 16, 3, 4, 4, 64)
+    params = list(BlockBuilder(spec).build(point).module.parameters())
+    same_shape = [(a, b) for i, a in enumerate(params) for b in params[i + 1 :] if a.shape == b.shape]
+    assert len(same_shape) > 10  # gate/up, q/o, the layers' norms: the pairs ORT would have shared
+    assert not any(torch.equal(a, b) for a, b in same_shape)
+    again = list(BlockBuilder(spec).build(point).module.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(params, again))  # seeded: the same model every run

@@ -32,7 +32,7 @@ def predictor_for(
     csv_path = Path(tables_root) / device / runtime / f"{name}.csv"
     if not csv_path.is_file():
         raise AnyshapeError(f"no latency table {csv_path}; build it with: anyshape profile --device {device} --runtime {runtime} --model {model}")
-    _warn_if_measured_elsewhere(csv_path, device, name)
+    _warn_about_table(csv_path, device, name)
     path = predictor_path(tables_root, device, runtime, name)
     if path.is_file() and not refit:
         predictor = load_predictor(path)
@@ -46,24 +46,27 @@ def predictor_for(
     return predictor, spec
 
 
-def _warn_if_measured_elsewhere(csv_path: Path, device: str, name: str) -> None:
-    """Say so when a table measured for this machine's slug came from another CPU model (its latencies may not hold here)."""
+def _warn_about_table(csv_path: Path, device: str, name: str) -> None:
+    """Say so when a measured table's latencies may not hold: measured on another CPU model than this
+    machine's slug names, or (ONNX Runtime) on a model whose equal layers the runtime shared."""
     from profilers.environment import cpu_mismatch, cpu_slug
     from profilers.tables import read_meta
 
-    if device != cpu_slug():
-        return
     try:
         entry = (read_meta(csv_path.parent).get("tables") or {}).get(name) or {}
     except AnyshapeError:
         return
     if entry.get("source") != "measured":
         return
-    mismatch = cpu_mismatch(dict(entry.get("fingerprint") or {}))
+    runtime = csv_path.parent.name
+    redo = f"re-measure it with anyshape profile --device {device} --runtime {runtime} ... --overwrite"
+    mismatch = cpu_mismatch(dict(entry.get("fingerprint") or {})) if device == cpu_slug() else None
     if mismatch:
-        sys.stderr.write(f"anyshape: warning: {device}/{csv_path.parent.name}/{name} was {mismatch}; its latencies may not "
-                         f"hold here (prefill can differ 2x across CPU generations): re-measure it with anyshape profile "
-                         f"--device {device} --runtime {csv_path.parent.name} ... --overwrite\n")
+        sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was {mismatch}; its latencies may not "
+                         f"hold here (prefill can differ 2x across CPU generations): {redo}\n")
+    if runtime == "onnxruntime" and "weights" not in (entry.get("runtime_info") or {}):
+        sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was measured on models whose layers held equal "
+                         f"weights, which ONNX Runtime shares (its decode rows read too fast): {redo}\n")
 
 
 def shape_for_prediction(spec: Any, shape: dict[str, Any]) -> Shape:
