@@ -308,15 +308,22 @@ def fastest_round(rounds: Sequence[Measurement], compute_share: float = 1.0) -> 
     return min(rounds, key=lambda m: at_machine_speed(m, compute_share))
 
 
-def kept_pass(rounds: Sequence[Measurement], compute_share: float = 1.0) -> Measurement:
-    """The pass a table (or verify) keeps: the median anchor ratio where anchored, else :func:`fastest_round`.
+def kept_pass(rounds: Sequence[Measurement], compute_share: float = 1.0, *, middle: bool = False) -> Measurement:
+    """The pass a table (or verify) keeps: the middle one where anchored or ``middle``, else :func:`fastest_round`.
 
     Anchored passes differ by what is left once the drift is divided out, noise that goes both
-    ways (a burst can hit the sample or the anchor), so the middle pass is kept, not the lowest
-    (lower middle for an even count).
+    ways (a burst can hit the sample or the anchor), so the middle ratio is kept, not the lowest
+    (lower middle for an even count). ``middle`` keeps the middle pass at the run's speed for
+    staggered runs (``protocol.stagger``): there the probe-scaled passes had low outliers as well
+    as high ones, and the fastest pass was the noisiest pick (docs/BENCHMARKS.md: on three
+    staggered builds of the onnxruntime Qwen2.5-0.5B table, the whole-model prefill rows left
+    3.5 / 3.9 / 2.3 % around a linear fit as the fastest pass, 1.9 / 2.4 / 1.4 % as the middle).
     """
     if rounds and all(m.anchor_ratio is not None for m in rounds):
         ordered = sorted(rounds, key=lambda m: float(m.anchor_ratio or 0.0))
+        return ordered[(len(ordered) - 1) // 2]
+    if middle and rounds:
+        ordered = sorted(rounds, key=lambda m: at_machine_speed(m, compute_share))
         return ordered[(len(ordered) - 1) // 2]
     return fastest_round(rounds, compute_share)
 

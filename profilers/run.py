@@ -291,7 +291,7 @@ def profile(
             if len(done) == protocol.rounds:
                 measured = [Measurement(**m) for m in done]
                 share = compute_share(asdict(block_cost(dims, point)), *table_roofs(extra), cache_bytes)
-                kept = kept_pass(measured, share)
+                kept = kept_pass(measured, share, middle=protocol.stagger)
                 run.append(make_row(point, dims, protocol.threads, kept))  # raw; scaled to the baseline at the end
                 del passes[point.key]
                 if protocol.rounds > 1:  # each pass's p50 at the run's speed (as judged above): how much the passes disagreed
@@ -322,7 +322,7 @@ def profile(
     if anchored:
         rows, extra["anchor"] = _scale_to_anchor(rows, points, anchored)
     if protocol.rounds > 1 and all(p.key in spread for p in points):
-        extra["passes"] = _pass_summary(points, spread, protocol.rounds)
+        extra["passes"] = _pass_summary(points, spread, protocol.rounds, protocol.stagger)
     segments = run.state["segments"]
     seconds = sum(float(s["seconds"]) for s in segments)
     share = sum(float(s["background_cpu_share"]) * float(s["seconds"]) for s in segments) / max(seconds, 1e-9)
@@ -486,6 +486,44 @@ def rescale_table(csv_path: str | Path) -> int:
     return sum(1 for new, old in zip(rows, table.rows) if abs(new["latency_ms_p50"] / old["latency_ms_p50"] - 1) > 1e-3)
 
 
+def rekeep_middle_pass(csv_path: str | Path) -> int:
+    """Move a staggered table's probe-scaled rows from their fastest pass to the middle one, from the passes its meta.json kept.
+
+    For tables measured with ``--stagger`` before :func:`profilers.protocol.kept_pass` kept the
+    middle pass there. meta.json holds every pass's p50 at the run's speed (``passes.p50_by_point``);
+    each row that kept its fastest pass is multiplied by (middle / fastest) of those, p10 and p90
+    alike (the probe recorded stays the fastest pass's), and the CSV and meta.json are rewritten
+    atomically. Anchored rows already kept the middle ratio. Returns how many rows changed by
+    more than 0.1 %; a table not staggered, without its passes, or already so is left as it is (0).
+    """
+    from profilers.tables import load_table
+
+    table = load_table(csv_path, check_software=False)
+    entry = dict(table.meta)
+    passes = dict(entry.get("passes") or {})
+    by_point = passes.get("p50_by_point") or {}
+    staggered = bool((entry.get("protocol") or {}).get("stagger"))
+    if entry.get("source") != "measured" or not staggered or not by_point or passes.get("kept") == KEPT_MIDDLE:
+        return 0
+    keys = [row_key(row) for row in table.rows]
+    missing = [k for k in keys if not by_point.get(k)]
+    if missing:
+        raise AnyshapeError(f"{csv_path}: meta.json has no passes for {len(missing)} rows (first: {missing[0]}); measure the table again")
+    anchored = set((entry.get("anchor") or {}).get("ratio_by_point") or {})
+    rows = []
+    for key, row in zip(keys, table.rows):
+        ordered = sorted(float(v) for v in by_point[key])
+        middle = ordered[(len(ordered) - 1) // 2]
+        rows.append(dict(row) if key in anchored else _times(dict(row), middle / ordered[0]))
+    passes.update(kept=KEPT_MIDDLE, rekept=f"moved from the fastest to the middle pass on {today()} from the recorded passes "
+                  "(rows times middle / fastest p50 at the run's speed; the probe recorded is the fastest pass's)")
+    entry["passes"] = passes
+    for key in ("rows", "file"):
+        entry.pop(key, None)
+    write_table(Path(csv_path), rows, entry)
+    return sum(1 for new, old in zip(rows, table.rows) if abs(new["latency_ms_p50"] / old["latency_ms_p50"] - 1) > 1e-3)
+
+
 def compute_share(row: dict[str, Any], gflops: float, bandwidth_gb_s: float, cache_bytes: int) -> float:
     """The share of a row's time its roofline gives to compute: ``t_flops / (t_flops + t_bytes)``.
 
@@ -501,15 +539,21 @@ def compute_share(row: dict[str, Any], gflops: float, bandwidth_gb_s: float, cac
     return t_flops / (t_flops + t_bytes) if t_flops + t_bytes > 0 else 1.0
 
 
-def _pass_summary(points: list[BlockPoint], spread: dict[str, list[float]], rounds: int) -> dict[str, Any]:
+#: meta.json ``passes.kept``: which of a point's passes became its row.
+KEPT_FASTEST = ("fastest pass (p50 / reference probe ** compute share, where probed); anchored rows: the pass with the "
+                "median ratio to the anchor (p50_by_point then holds each pass's ratio)")
+KEPT_MIDDLE = ("staggered: the middle pass (p50 / reference probe ** compute share, where probed; lower middle for an even "
+               "count); anchored rows: the pass with the median ratio to the anchor (p50_by_point then holds each pass's ratio)")
+
+
+def _pass_summary(points: list[BlockPoint], spread: dict[str, list[float]], rounds: int, stagger: bool = False) -> dict[str, Any]:
     """How far each point's passes were from its fastest one (as judged by :func:`_judged`; anchored points: their ratios)."""
     import statistics
 
     excess = [max(spread[p.key]) / min(spread[p.key]) - 1.0 for p in points]
     return {
         "rounds": rounds,
-        "kept": "fastest pass (p50 / reference probe ** compute share, where probed); anchored rows: the pass with the "
-                "median ratio to the anchor (p50_by_point then holds each pass's ratio)",
+        "kept": KEPT_MIDDLE if stagger else KEPT_FASTEST,
         "slowest_over_fastest_median": round(statistics.median(excess), 4),
         "slowest_over_fastest_p90": round(percentile(excess, 90), 4),
         "p50_by_point": {p.key: spread[p.key] for p in points},

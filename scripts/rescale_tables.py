@@ -1,10 +1,11 @@
-"""Scale the measured tables under a folder by compute share again, from the probes their meta.json kept.
+"""Bring the measured tables under a folder to the current rules, from what their meta.json kept.
 
     .venv/bin/python scripts/rescale_tables.py [latency_tables]
 
 Tables written before anyshape scaled rows by compute share (every row scaled in full by the
-reference probe) are rewritten (see ``profilers.run.rescale_table``); the others are left alone.
-Nothing is measured.
+reference probe) are scaled again (``profilers.run.rescale_table``); staggered tables written
+before their rows kept the middle pass are moved to it (``profilers.run.rekeep_middle_pass``);
+the others are left alone. Nothing is measured.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str]) -> int:
     from nas.errors import AnyshapeError
-    from profilers.run import rescale_table
+    from profilers.run import rekeep_middle_pass, rescale_table
     from profilers.tables import list_tables
 
     root = argv[0] if argv else str(ROOT / "latency_tables")
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> int:
     failed = 0
     for info in tables:
         try:
-            changed = rescale_table(info["path"])
+            changed = rescale_table(info["path"]) + rekeep_middle_pass(info["path"])
         except AnyshapeError as e:
             print(f"{info['path']}: {e}")
             failed += 1

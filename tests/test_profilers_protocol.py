@@ -256,3 +256,19 @@ def test_kept_pass_takes_the_median_anchor_ratio_else_the_fastest() -> None:
     assert kept_pass([m(12.0, 2.0), m(9.0, 2.6)]).anchor_ratio == 2.0  # even count: the lower middle
     assert kept_pass([m(12.0), m(9.0), m(10.0)]).latency_ms_p50 == 9.0  # unanchored: the fastest pass
     assert kept_pass([m(12.0, 2.0), m(9.0)]).latency_ms_p50 == 9.0  # mixed: as if unanchored
+
+
+def test_kept_pass_takes_the_middle_pass_where_asked() -> None:
+    from profilers.protocol import Measurement, kept_pass
+
+    def m(p50: float, reference: float | None = None, ratio: float | None = None) -> Measurement:
+        return Measurement(p50 * 0.9, p50, p50 * 1.1, 5, 0.01, False, 1, 1, reference, 1.0 if ratio else None, ratio)
+
+    passes = [m(10.0), m(7.0), m(10.4), m(10.2)]  # a fast moment at 7.0
+    assert kept_pass(passes).latency_ms_p50 == 7.0
+    assert kept_pass(passes, middle=True).latency_ms_p50 == 10.0  # the lower middle of four
+    # judged at the run's speed: p50 / probe ** share
+    probed = [m(10.0, 1.0), m(12.0, 1.5), m(11.0, 1.0)]  # 10.0, 8.0, 11.0 in full; 10.0, 12.0, 11.0 raw
+    assert kept_pass(probed, 1.0, middle=True).latency_ms_p50 == 10.0
+    assert kept_pass(probed, 0.0, middle=True).latency_ms_p50 == 11.0
+    assert kept_pass([m(12.0, ratio=2.0), m(9.0, ratio=2.6), m(10.0, ratio=2.2)], middle=True).anchor_ratio == 2.2

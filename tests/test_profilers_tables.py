@@ -568,8 +568,9 @@ def test_a_run_judges_each_points_passes_by_its_compute_share(tmp_path: Path, mo
 
     judged: list[float] = []
 
-    def recording(rounds, compute_share=1.0):  # type: ignore[no-untyped-def]
+    def recording(rounds, compute_share=1.0, *, middle=False):  # type: ignore[no-untyped-def]
         judged.append(compute_share)
+        assert not middle  # whole passes: the fastest
         return kept_pass(rounds, compute_share)
 
     from profilers.environment import Bandwidth
@@ -588,6 +589,58 @@ def test_a_run_judges_each_points_passes_by_its_compute_share(tmp_path: Path, mo
     assert judged == pytest.approx(list(shares.values()), abs=1e-4)  # the same rule (meta.json rounds to 4 places)
     assert min(judged) < 0.5  # memory-bound points were judged nearly raw, not per probe in full
     assert table.meta["passes"]["kept"].startswith("fastest pass (p50 / reference probe ** compute share")
+
+
+def _staggered_with_fast_moments(tmp_path: Path) -> Path:
+    """A staggered 3-pass fake table where every fourth pass ran 30 % fast (a moment the probe over-corrected)."""
+    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)) * 3
+    fast = dict.fromkeys(range(2, total + 1, 4), 0.7)
+    staggered = dataclasses.replace(FAST, rounds=3, stagger=True)
+    return run_fake(tmp_path, profiler=FakeProfiler(staggered, noise_cv=0.01, seed=0, memory_slowdown=fast)).path
+
+
+def _judged_rows(table) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Each row's p50 at the run's speed: what its passes were judged by (p50 / probe ** share)."""
+    ref = table.meta["reference"]
+    return {row_key(r): r["latency_ms_p50"] / ref["baseline_ms"] ** ref["compute_share_by_point"][row_key(r)] for r in table.rows}
+
+
+def test_a_staggered_run_keeps_each_points_middle_pass(tmp_path: Path) -> None:
+    from profilers.run import KEPT_MIDDLE
+
+    table = load_table(_staggered_with_fast_moments(tmp_path))
+    passes = table.meta["passes"]["p50_by_point"]
+    assert table.meta["passes"]["kept"] == KEPT_MIDDLE
+    judged = _judged_rows(table)
+    assert judged == pytest.approx({k: sorted(v)[1] for k, v in passes.items()}, rel=1e-4)
+    outliers = [k for k, v in passes.items() if min(v) < 0.85 * sorted(v)[1]]
+    assert outliers and all(judged[k] > 1.1 * min(passes[k]) for k in outliers)  # the fast moment was not kept
+
+
+def test_rekeep_moves_an_old_staggered_table_to_its_middle_passes(tmp_path: Path) -> None:
+    from profilers.run import KEPT_FASTEST, KEPT_MIDDLE, rekeep_middle_pass
+    from profilers.tables import write_table
+
+    path = _staggered_with_fast_moments(tmp_path)
+    assert rekeep_middle_pass(path) == 0  # kept the middle already
+    # as an older anyshape wrote it: every row from its fastest pass
+    middle = load_table(path)
+    passes = middle.meta["passes"]["p50_by_point"]
+    old_rows = [{**r, **{c: r[c] * min(passes[row_key(r)]) / sorted(passes[row_key(r)])[1]
+                         for c in ("latency_ms_p10", "latency_ms_p50", "latency_ms_p90")}} for r in middle.rows]
+    entry = {k: v for k, v in middle.meta.items() if k not in ("rows", "file")}
+    entry["passes"] = {**entry["passes"], "kept": KEPT_FASTEST}
+    write_table(path, old_rows, entry)
+    changed = rekeep_middle_pass(path)
+    after = load_table(path)
+    assert changed == sum(1 for v in passes.values() if sorted(v)[1] / min(v) > 1.001) > 0
+    assert after.meta["passes"]["kept"] == KEPT_MIDDLE and "rekept" in after.meta["passes"]
+    for new, before in zip(after.rows, middle.rows):
+        assert new["latency_ms_p50"] == pytest.approx(before["latency_ms_p50"], rel=1e-4)  # the CSV keeps 6 digits
+        assert new["latency_ms_p90"] == pytest.approx(before["latency_ms_p90"], rel=1e-4)
+    assert rekeep_middle_pass(path) == 0  # once is enough
+    unstaggered = run_fake(tmp_path / "whole", profiler=FakeProfiler(dataclasses.replace(FAST, rounds=3), seed=0)).path
+    assert rekeep_middle_pass(unstaggered) == 0  # whole passes keep the fastest
 
 
 def test_refiling_moves_a_cpu_table_to_the_slug_its_fingerprint_gives(tmp_path: Path) -> None:
