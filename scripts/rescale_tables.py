@@ -30,12 +30,15 @@ def main(argv: list[str]) -> int:
     failed = 0
     for info in tables:
         try:
-            changed = rescale_table(info["path"]) + rekeep_middle_pass(info["path"])
+            rescaled = rescale_table(info["path"])
+            rekept = rekeep_middle_pass(info["path"])
         except AnyshapeError as e:
             print(f"{info['path']}: {e}")
             failed += 1
             continue
-        print(f"{info['path']}: {changed} rows changed" if changed else f"{info['path']}: left as it is")
+        done = [f"{rescaled} rows scaled by compute share"] if rescaled else []
+        done += [f"{rekept} rows moved to their middle pass"] if rekept else []
+        print(f"{info['path']}: {', '.join(done) or 'left as it is'}")
     return 1 if failed else 0
 
 
