@@ -10,8 +10,10 @@ of fp32 MatMuls (batch 1, ``--threads`` intra-op threads, spinning off) whose ma
 (a) all equal within each shape, (b) distinct slices of the same pool (what
 ``profilers.blocks.fill_random_`` does now), (c) independent random draws; beside this machine's
 memory read bandwidth. Printed: per variant the median and best of ``--rounds`` rounds of
-``--calls`` calls, as ms per call and as GB/s of weight bytes. Variants run interleaved round
-by round, so a slow stretch of a shared machine hits all three alike.
+``--calls`` calls, as ms per call and as GB/s of weight bytes, and how much the process's
+resident memory grew when the session was created and first run (what ONNX Runtime keeps of
+the weights). Variants run interleaved round by round, so a slow stretch of a shared machine
+hits all three alike.
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ def chain(variant: str, layers: int, hidden: int, ffn: int, folder: Path, seed: 
     return path
 
 
+def resident_bytes() -> int:
+    """This process's resident memory (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    import os
+
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=40)
@@ -84,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions = {}
+        feed = {"x": np.ones((1, args.hidden), dtype=np.float32)}
+        sessions, grew = {}, {}
         for variant in VARIANTS:
             path = chain(variant, args.layers, args.hidden, args.ffn, Path(tmp))
+            before = resident_bytes()
             sessions[variant] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {"x": np.ones((1, args.hidden), dtype=np.float32)}
+            sessions[variant].run(None, feed)
+            grew[variant] = resident_bytes() - before
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for session in sessions.values():
-            session.run(None, feed)
         for _ in range(args.rounds):
             for variant, session in sessions.items():
                 start = time.perf_counter()
@@ -99,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                     session.run(None, feed)
                 times[variant].append((time.perf_counter() - start) / args.calls * 1e3)
         read = measure_bandwidth(512, 10, threads=args.threads)
-    print("| weights | ms per call, median | best | GB/s at the median | at the best |")
-    print("|---|---|---|---|---|")
+    print("| weights | ms per call, median | best | GB/s at the median | at the best | resident memory the session added |")
+    print("|---|---|---|---|---|---|")
     for variant in VARIANTS:
         median, best = statistics.median(times[variant]), min(times[variant])
-        print(f"| {variant} | {median:.2f} | {best:.2f} | {weight_bytes / median / 1e6:.1f} | {weight_bytes / best / 1e6:.1f} |")
+        print(f"| {variant} | {median:.2f} | {best:.2f} | {weight_bytes / median / 1e6:.1f} | {weight_bytes / best / 1e6:.1f} "
+              f"| {grew[variant] / 1e9:.2f} GB |")
     print(f"\nthis machine's memory (torch, 512 MiB, {args.threads} threads, best of 10): read {read.read_gb_s:.1f} GB/s, "
           f"copy {read.copy_gb_s:.1f} GB/s")
     return 0
