@@ -35,7 +35,7 @@ MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "ref-llama-12l": (
         "ref-decoder",
         {"torch": ["--grid", '{"whole_model_samples": 130}', "--rounds", "9"],
-         "onnxruntime": ["--grid", '{"whole_model_samples": 130}', "--rounds", "9"]},
+         "onnxruntime": ["--grid", '{"whole_model_samples": 130}', "--rounds", "9", "--no-spinning", "--anchor"]},
     ),
     "qwen2.5-0.5b": (
         "qwen2.5-0.5b",
