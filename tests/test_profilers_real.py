@@ -102,11 +102,7 @@ def test_cuda_where_there_is_none() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 def test_decode_never_beats_the_memory_bandwidth_bound(runtime: str) -> None:
-    """A decode step must read every weight once: latency >= weight bytes / this machine's bandwidth.
-
-    On ONNX Runtime this also holds the blocks to distinct weights: with the MLP's gate and up
-    projections filled alike, the runtime read one of them for both and beat the bound.
-    """
+    """A decode step must read every weight once: latency >= weight bytes / this machine's bandwidth."""
     from profilers.cost import ModelDims, block_cost
     from profilers.environment import best_bandwidth
     from profilers.run import make_profiler
