@@ -320,12 +320,13 @@ def kept_pass(rounds: Sequence[Measurement], compute_share: float = 1.0, *, midd
     3.5 / 3.9 / 2.3 % around a linear fit as the fastest pass, 1.9 / 2.4 / 1.4 % as the middle).
     """
     if rounds and all(m.anchor_ratio is not None for m in rounds):
-        ordered = sorted(rounds, key=lambda m: float(m.anchor_ratio or 0.0))
-        return ordered[(len(ordered) - 1) // 2]
-    if middle and rounds:
-        ordered = sorted(rounds, key=lambda m: at_machine_speed(m, compute_share))
-        return ordered[(len(ordered) - 1) // 2]
-    return fastest_round(rounds, compute_share)
+        judged: Callable[[Measurement], float] = lambda m: float(m.anchor_ratio or 0.0)  # noqa: E731
+    elif middle and rounds:
+        judged = lambda m: at_machine_speed(m, compute_share)  # noqa: E731
+    else:
+        return fastest_round(rounds, compute_share)
+    ordered = sorted(rounds, key=judged)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def at_machine_speed(m: Measurement, compute_share: float = 1.0) -> float:
