@@ -55,11 +55,24 @@ def cpu_slug(cpuinfo: dict[str, str] | None = None, cores: int | None = None) ->
     return f"cpu-{words}-{cores}c"
 
 
+#: Intel family-6 server models (CPUID model number) -> generation. Skylake-SP and Cascade Lake
+#: share model 0x55 (only the stepping differs), so that one stays ``f6m85``.
+INTEL_SERVER_MODELS = {
+    0x6A: "ice-lake",
+    0x8F: "sapphire-rapids",
+    0xCF: "emerald-rapids",
+    0xAD: "granite-rapids",
+    0xAF: "sierra-forest",
+}
+
+
 def cpu_generation(vendor: str, family: str, model: str) -> str | None:
-    """A short microarchitecture tag from CPUID family / model: ``zen3``, ``zen4``, ``zen5``, else ``f<family>m<model>``.
+    """A short microarchitecture tag from CPUID family / model: ``zen4``, ``emerald-rapids``, ..., else ``f<family>m<model>``.
 
     AMD's family 25 holds Zen 3 and Zen 4 by model range (Milan 0x01, Genoa 0x11, Bergamo 0xa0);
-    family 26 is Zen 5. None where the family or model is unknown.
+    family 26 is Zen 5. Intel's server cores are family 6 with one model per generation
+    (:data:`INTEL_SERVER_MODELS`); cloud VMs show them as "Intel(R) Xeon(R) Processor". None
+    where the family or model is unknown.
     """
     try:
         fam, mod = int(family), int(model)
@@ -72,6 +85,8 @@ def cpu_generation(vendor: str, family: str, model: str) -> str | None:
             return "zen4" if 0x10 <= mod <= 0x1F or 0x60 <= mod <= 0x7F or 0xA0 <= mod <= 0xAF else "zen3"
         if fam == 26:
             return "zen5"
+    if vendor == "GenuineIntel" and fam == 6 and mod in INTEL_SERVER_MODELS:
+        return INTEL_SERVER_MODELS[mod]
     return f"f{fam}m{mod}"
 
 

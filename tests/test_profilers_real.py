@@ -69,6 +69,16 @@ def test_a_cpu_named_without_a_model_number_is_told_apart_by_its_family(family: 
     assert cpu_slug(numbered, 2) == "cpu-amd-epyc-9654-2c"
 
 
+@pytest.mark.parametrize(
+    ("model", "slug"),
+    [("207", "cpu-xeon-emerald-rapids-2c"), ("143", "cpu-xeon-sapphire-rapids-2c"), ("85", "cpu-xeon-f6m85-2c")],
+)
+def test_an_intel_cloud_xeon_is_told_apart_by_its_model(model: str, slug: str) -> None:
+    """Intel VMs show "Intel(R) Xeon(R) Processor" whatever the generation."""
+    info = {"model name": "Intel(R) Xeon(R) Processor", "vendor_id": "GenuineIntel", "cpu family": "6", "model": model}
+    assert cpu_slug(info, 2) == slug
+
+
 def test_this_machine_has_a_slug() -> None:
     assert re.fullmatch(r"cpu-[a-z0-9-]+-\d+c", cpu_slug())
 
