@@ -103,7 +103,7 @@ def verify(
         del base, extracted
         point = whole_model_point(shape, workload)
         cost = asdict(block_cost(ModelDims.from_config(family, source_model.config_dict()), point))
-        anchor = anchor_point(family.space(source_model.config_dict()), point).key if point.phase == "decode" else None
+        anchor = anchor_point(family.space(source_model.config_dict()), point).key
         predicted_entry = dict((config.objectives.get("latency") or {}).get(key) or {})
         rule = _table_speed_rule(predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root,
                                  cost, anchor)
@@ -158,7 +158,7 @@ class TableSpeedRule:
     """How the prediction's table took the machine's moment out of its rows, for verify to do the same.
 
     Probed tables: ``p50 * (baseline_ms / probe) ** share`` (``share``: the shape's compute share on
-    the table's roofs, 1 for tables that scaled every row in full). Anchored decode rows (``anchor``:
+    the table's roofs, 1 for tables that scaled every row in full). Anchored rows (``anchor``:
     the anchor point's key): ``ratio * baseline_ms``, the measurement's median ratio to the same
     anchor times the anchor's median over the table's run. ``spinning``: the table's ONNX Runtime
     setting, which verify takes so that it is probed (or anchored) as the table was.
@@ -185,15 +185,16 @@ def _protocol_like(rule: TableSpeedRule | None) -> Any:
 
     if rule is None:
         return None
-    return ProtocolConfig(spinning=rule.spinning, anchor=rule.anchor is not None)
+    anchored = rule.anchor is not None
+    return ProtocolConfig(spinning=rule.spinning, anchor=anchored, anchor_prefill=anchored)
 
 
 def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[str, float],
                       anchor: str | None = None) -> TableSpeedRule | None:
     """The prediction's table's rule (:class:`TableSpeedRule`) for a shape of cost ``cost``.
 
-    ``anchor`` is the key of the anchor a decode shape is timed beside (``profilers.workload.anchor_point``):
-    where the table anchored its decode rows to it, the rule is the anchor's. Else the table's
+    ``anchor`` is the key of the anchor the shape's workload is timed beside (``profilers.workload.anchor_point``):
+    where the table anchored its rows of that phase to it, the rule is the anchor's. Else the table's
     reference probe, with the shape's compute share on the table's roofs (verify also judges its
     passes by it). ``source`` is the table's label (``device/runtime/name (measured)``); None where
     the table, or both its anchor and its baseline, are missing.

@@ -64,8 +64,8 @@ class BaseProfiler(ABC):
         return self.runner(spec, point)
 
     def anchor(self, spec: ModelSpec, point: BlockPoint) -> Anchor | None:
-        """The anchor ``point`` is timed beside (``protocol.anchor``, decode points), built on first use; else None."""
-        if not self.protocol.anchor or point.phase != "decode":
+        """The anchor ``point`` is timed beside (:meth:`ProtocolConfig.anchored` for its phase), built on first use; else None."""
+        if not self.protocol.anchored(point.phase):
             return None
         target = anchor_point(spec.family.space(spec.config), point)
         if target.key not in self._anchors:

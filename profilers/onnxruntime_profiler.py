@@ -58,7 +58,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
                 f"CUDA was asked for but this onnxruntime {ort.__version__} has no {self.provider} "
                 f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a CUDA machine"
             )
-        if self.protocol.anchor and self.protocol.spinning and self.device == "cpu":
+        if (self.protocol.anchor or self.protocol.anchor_prefill) and self.protocol.spinning and self.device == "cpu":
             raise AnyshapeError("--anchor on onnxruntime needs --no-spinning: the measured session's spinning threads "
                                 "would slow the anchor timed right after it")
 

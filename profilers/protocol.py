@@ -26,7 +26,10 @@ and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). Th
    :class:`Anchor`, kept loaded for the whole run) after every sample: the row becomes the median
    of the per-sample ratios times the anchor's median over the run. A memory-bound step drifts
    with the machine's memory over minutes, which a matmul in cache does not follow and work of
-   the same kind does (see docs/PROFILING.md); prefill keeps the probe.
+   the same kind does (see docs/PROFILING.md); prefill keeps the probe, unless
+   ``anchor_prefill``: then a prefill step is timed beside a fixed prefill step the same way.
+   On a noisy host (a VM whose neighbours slow it by 20-50 % for seconds at a time, which the
+   probe follows too loosely) that took a held-out torch prefill from 67-75 % to ... within 10 %.
 
 Thread counts are set by the profiler (torch / ONNX Runtime) from ``threads`` and recorded.
 """
@@ -85,6 +88,11 @@ class ProtocolConfig:
         metadata={"help": "decode: time a fixed decode step of the same workload beside every sample and keep the ratio "
                           "(follows the machine's memory drift, which the probe does not)"},
     )
+    anchor_prefill: bool = field(
+        default=False,
+        metadata={"help": "prefill too: time a fixed prefill step of the same workload beside every sample and keep the "
+                          "ratio instead of scaling by the probe (for noisy hosts; about doubles a prefill point's time)"},
+    )
     pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
 
     def __post_init__(self) -> None:
@@ -107,13 +115,17 @@ class ProtocolConfig:
             raise AnyshapeError(f"protocol.max_remeasures is {self.max_remeasures}; it must be >= 0")
         if self.rounds < 1:
             raise AnyshapeError(f"protocol.rounds is {self.rounds}; it must be >= 1")
-        for name in ("reference", "spinning", "stagger", "anchor"):
+        for name in ("reference", "spinning", "stagger", "anchor", "anchor_prefill"):
             if not isinstance(getattr(self, name), bool):
                 raise AnyshapeError(f"protocol.{name} is {getattr(self, name)!r}; it must be true or false")
         if self.pin_cpus is not None:
             if not self.pin_cpus or any(not 0 <= c < cores for c in self.pin_cpus):
                 raise AnyshapeError(f"protocol.pin_cpus is {list(self.pin_cpus)}; CPUs must be in 0..{cores - 1}")
             object.__setattr__(self, "pin_cpus", tuple(sorted(set(self.pin_cpus))))
+
+    def anchored(self, phase: str) -> bool:
+        """Whether points of ``phase`` are timed beside an anchor (``anchor``: decode, ``anchor_prefill``: prefill)."""
+        return self.anchor if phase == "decode" else self.anchor_prefill
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -256,8 +256,8 @@ def profile(
     if profiler.probe is not None:  # a row whose probe was lost in a kill is measured again
         for key in [k for k in run.rows if k not in references]:
             del run.rows[key]
-    if protocol.anchor:  # so is a decode row whose anchor was lost
-        for key in [k for k, row in run.rows.items() if row["phase"] == "decode" and k not in anchored]:
+    if protocol.anchor or protocol.anchor_prefill:  # so is an anchored row whose anchor was lost
+        for key in [k for k, row in run.rows.items() if protocol.anchored(row["phase"]) and k not in anchored]:
             del run.rows[key]
     resumed = sum(1 for p in points if p.key in run.rows)
     extra = run.state["extra"]
@@ -390,8 +390,9 @@ def _scale_to_anchor(rows: list[dict[str, Any]], points: list[BlockPoint],
     keys = [p.key for p in points if p.key in anchored]
     info = {
         "baseline_ms": {k: round(v, 5) for k, v in baselines.items()},
-        "note": "every decode row is (the median of its samples' ratios to its workload's anchor, a fixed whole-model "
-                "decode step timed after each sample) * baseline_ms[anchor]; raw = row * anchor_ms / (ratio * baseline_ms)",
+        "note": "every anchored row (decode; prefill too with protocol.anchor_prefill) is (the median of its samples' "
+                "ratios to its workload's anchor, a fixed whole-model step of the same phase timed after each sample) "
+                "* baseline_ms[anchor]; raw = row * anchor_ms / (ratio * baseline_ms)",
         "anchor_by_point": {k: anchored[k][0] for k in keys},
         "anchor_ms_by_point": {k: round(float(anchored[k][1]), 5) for k in keys},
         "ratio_by_point": {k: round(float(anchored[k][2]), 6) for k in keys},

@@ -28,6 +28,7 @@ def profile_command(
     spinning: bool = typer.Option(True, "--spinning/--no-spinning", help="ONNX Runtime: intra-op threads spin between runs (its default); --no-spinning lets the reference probe run beside it."),
     stagger: bool = typer.Option(False, "--stagger/--no-stagger", help="Measure each point's passes one point apart, kept loaded, instead of in whole passes: for ONNX Runtime graphs too big to keep on disk for a later pass."),
     anchor: bool = typer.Option(False, "--anchor/--no-anchor", help="Decode: time a fixed mid-size decode step of the same workload beside every sample and keep the ratio (follows a drift of the machine's memory that the probe does not; ONNX Runtime needs --no-spinning)."),
+    anchor_prefill: bool = typer.Option(False, "--anchor-prefill/--no-anchor-prefill", help="Prefill too: time a fixed mid-size prefill step beside every sample and keep the ratio instead of scaling by the probe (for noisy VMs; about doubles a prefill point's time)."),
     pin_cpus: str | None = typer.Option(None, "--pin-cpus", help="Pin to these CPUs, e.g. 0,1 (Linux)."),
     estimate: bool = typer.Option(False, "--estimate", help="Write a roofline estimate from published specs instead of measuring (GPUs only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
@@ -56,7 +57,8 @@ def profile_command(
                 pins = tuple(int(c) for c in pin_cpus.split(","))
             except ValueError:
                 raise AnyshapeError(f"--pin-cpus must be CPU numbers like 0,1; got {pin_cpus!r}") from None
-        fields = dict(warmup=warmup, repeats=repeats, max_point_seconds=max_point_seconds, rounds=rounds, spinning=spinning, stagger=stagger, anchor=anchor, pin_cpus=pins)
+        fields = dict(warmup=warmup, repeats=repeats, max_point_seconds=max_point_seconds, rounds=rounds, spinning=spinning, stagger=stagger, anchor=anchor,
+                      anchor_prefill=anchor_prefill, pin_cpus=pins)
         if threads is not None:
             fields["threads"] = threads
         protocol = ProtocolConfig(**fields)  # type: ignore[arg-type]
