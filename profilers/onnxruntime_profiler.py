@@ -59,7 +59,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
                 f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a CUDA machine"
             )
         if (self.protocol.anchor or self.protocol.anchor_prefill) and self.protocol.spinning and self.device == "cpu":
-            raise AnyshapeError("--anchor on onnxruntime needs --no-spinning: the measured session's spinning threads "
+            raise AnyshapeError("--anchor / --anchor-prefill on onnxruntime need --no-spinning: the measured session's spinning threads "
                                 "would slow the anchor timed right after it")
 
     def setup(self) -> None:

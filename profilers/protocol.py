@@ -28,8 +28,9 @@ and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). Th
    with the machine's memory over minutes, which a matmul in cache does not follow and work of
    the same kind does (see docs/PROFILING.md); prefill keeps the probe, unless
    ``anchor_prefill``: then a prefill step is timed beside a fixed prefill step the same way.
-   On a noisy host (a VM whose neighbours slow it by 20-50 % for seconds at a time, which the
-   probe follows too loosely) that took a held-out torch prefill from 67-75 % to ... within 10 %.
+   On a noisy host (a VM whose neighbours slowed it by 20-50 % for seconds at a time, which the
+   probe followed too loosely) that took the held-out torch prefill shapes from 75-79 % to 100 %
+   within 10 % (MiniLM, the reference decoder; docs/PROFILING.md).
 
 Thread counts are set by the profiler (torch / ONNX Runtime) from ``threads`` and recorded.
 """

@@ -39,6 +39,10 @@ from profilers.workload import BlockPoint, GridConfig, build_points
 
 #: Measurement under this much background CPU use (share of the machine) counts as quiet.
 UNDER_LOAD_SHARE = LoadMonitor.UNDER_LOAD_SHARE
+#: Above this spread of the reference probe over a run (p90 - p10, over its median) the host itself
+#: was noisy: quiet VMs read 4-18 % (Zen 4 / Zen 5 EPYC), an Intel VM whose neighbours slowed it
+#: read 40-45 % and its probe-scaled tables scored 35-79 % within 10 % (docs/PROFILING.md).
+NOISY_HOST_SPREAD = 0.25
 
 
 # --------------------------------------------------------------------------- models
@@ -201,6 +205,8 @@ class ProfileResult:
     build_seconds: float
     under_load: bool
     source: str = "measured"
+    #: The reference probe spread more than :data:`NOISY_HOST_SPREAD` over the run (None: not probed).
+    noisy_host: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "path": str(self.path)}
@@ -327,6 +333,7 @@ def profile(
     seconds = sum(float(s["seconds"]) for s in segments)
     share = sum(float(s["background_cpu_share"]) * float(s["seconds"]) for s in segments) / max(seconds, 1e-9)
     under_load = share > UNDER_LOAD_SHARE
+    load = _load_entry(share, under_load, extra.get("reference"), all_anchored=len(anchored) == len(points))
     entry = {
         "format": TABLE_FORMAT,
         "source": "measured",
@@ -347,19 +354,40 @@ def profile(
         "build_seconds": round(seconds, 1),
         "segments": segments,
         "noisy_points": sum(1 for r in rows if r["noisy"]),
-        "load": {
-            "background_cpu_share": round(share, 3),
-            "under_load": under_load,
-            "note": (
-                "measured while other processes used the CPU; rebuild on a quiet machine with the same command"
-                if under_load else "quiet machine"
-            ),
-        },
+        "load": load,
         **extra,
     }
     write_table(csv_path, rows, entry)
     run.discard()
-    return ProfileResult(csv_path, len(rows), len(todo), resumed, entry["noisy_points"], round(seconds, 1), under_load)
+    return ProfileResult(csv_path, len(rows), len(todo), resumed, entry["noisy_points"], round(seconds, 1), under_load,
+                         noisy_host=load.get("noisy_host"))
+
+
+def _load_entry(share: float, under_load: bool, reference: Mapping[str, Any] | None, *, all_anchored: bool) -> dict[str, Any]:
+    """meta.json ``load``: other processes' CPU share, and how much the host's own speed wandered (the probe's spread)."""
+    load: dict[str, Any] = {"background_cpu_share": round(share, 3), "under_load": under_load}
+    spread = probe_spread(reference)
+    if spread is not None:
+        load["probe_spread"] = round(spread, 3)
+        load["noisy_host"] = spread > NOISY_HOST_SPREAD
+    if under_load:
+        load["note"] = "measured while other processes used the CPU; rebuild on a quiet machine with the same command"
+    elif load.get("noisy_host"):
+        advice = ("every row was timed beside its anchor, which holds up on such hosts" if all_anchored
+                  else "rebuild with --anchor --anchor-prefill (rows timed beside a fixed step hold up on such hosts)")
+        load["note"] = (f"noisy host: the reference probe's p10-p90 spanned {spread:.0%} of its median over the run (quiet "
+                        f"hosts: under {NOISY_HOST_SPREAD:.0%}) with no other process busy, e.g. neighbours on a shared VM; {advice}")
+    else:
+        load["note"] = "quiet machine"
+    return load
+
+
+def probe_spread(reference: Mapping[str, Any] | None) -> float | None:
+    """(p90 - p10) / median of a run's reference probe, from meta.json ``reference`` (None: not probed)."""
+    if not reference or not reference.get("probe_ms_p10_p90") or not reference.get("baseline_ms"):
+        return None
+    low, high = reference["probe_ms_p10_p90"]
+    return (float(high) - float(low)) / float(reference["baseline_ms"])
 
 
 def _judged(m: Measurement, share: float) -> float:

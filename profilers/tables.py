@@ -326,6 +326,7 @@ def list_tables(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
             date=entry.get("date"),
             model=entry.get("model"),
             under_load=entry.get("load", {}).get("under_load"),
+            noisy_host=entry.get("load", {}).get("noisy_host"),
         )
         try:
             load_table(csv_path, check_software=True)

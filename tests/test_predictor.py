@@ -214,3 +214,29 @@ def test_an_onnxruntime_table_measured_on_shared_weights_is_flagged(table, tmp_p
     (folder / "meta.json").write_text(json.dumps(meta))
     _warn_about_table(csv_path, "a5000", csv_path.stem)
     assert capsys.readouterr().err == ""
+
+
+def test_a_table_measured_on_a_noisy_host_is_flagged(table, tmp_path, capsys):
+    import shutil
+
+    from nas.predictor.api import _warn_about_table
+
+    folder = tmp_path / "a5000" / "torch"
+    shutil.copytree(table.parent, folder)
+    csv_path = folder / table.name
+    meta = json.loads((folder / "meta.json").read_text())
+    entry = meta["tables"][csv_path.stem]
+    entry["load"] = {**entry.get("load", {}), "probe_spread": 0.41, "noisy_host": True, "note": "noisy host: ..."}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    _warn_about_table(csv_path, "a5000", csv_path.stem)
+    err = capsys.readouterr().err
+    assert "noisy host" in err and "spread 41%" in err and err.count("\n") == 1
+    entry["load"].update(probe_spread=0.08, noisy_host=False)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    _warn_about_table(csv_path, "a5000", csv_path.stem)
+    assert "noisy" not in capsys.readouterr().err
+    entry["load"].update(probe_spread=0.41, noisy_host=True)  # noisy, but every row was timed beside its anchor
+    entry["anchor"] = {"ratio_by_point": {f"row{i}": 1.0 for i in range(int(entry["rows"]))}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    _warn_about_table(csv_path, "a5000", csv_path.stem)
+    assert "noisy" not in capsys.readouterr().err

@@ -214,7 +214,7 @@ def test_pass_schedule_measures_every_pass_once_in_order(count: int, rounds: int
         assert sum(1 for r, _ in staggered[first:last + 1] if r == 0) <= rounds
 
 
-@pytest.mark.parametrize("name", ["stagger", "anchor"])
+@pytest.mark.parametrize("name", ["stagger", "anchor", "anchor_prefill"])
 def test_protocol_switches_must_be_bools(name: str) -> None:
     with pytest.raises(AnyshapeError, match=rf"protocol\.{name}"):
         ProtocolConfig(**{name: "yes"})  # type: ignore[arg-type]

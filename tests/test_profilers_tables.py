@@ -119,6 +119,36 @@ def test_the_reference_probe_scales_slow_moments_of_the_machine_away(tmp_path: P
     assert max(r["latency_ms_p50"] / c["latency_ms_p50"] for r, c in zip(raw.rows, clean.rows)) == pytest.approx(1.5, rel=1e-3)
 
 
+def test_a_host_whose_speed_wanders_is_called_noisy_in_the_meta(tmp_path: Path) -> None:
+    """No other process, yet the probe spread 50 %: meta.json and the result say noisy host."""
+    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
+    quiet = run_fake(tmp_path / "quiet", profiler=FakeProfiler(FAST))
+    load = load_table(quiet.path).meta["load"]
+    assert quiet.noisy_host is False and load["noisy_host"] is False and load["probe_spread"] == pytest.approx(0.0)
+    wandering = dict.fromkeys(range(1, total + 1, 3), 1.5)  # a third of the points measured while the host ran 1.5x slow
+    noisy = run_fake(tmp_path / "noisy", profiler=FakeProfiler(FAST, slowdown=wandering))
+    load = load_table(noisy.path).meta["load"]
+    assert noisy.noisy_host is True and load["noisy_host"] is True and load["probe_spread"] == pytest.approx(0.5)
+    unprobed = run_fake(tmp_path / "unprobed", profiler=FakeProfiler(dataclasses.replace(FAST, reference=False), slowdown=wandering))
+    assert unprobed.noisy_host is None and "noisy_host" not in load_table(unprobed.path).meta["load"]  # not probed: unknown
+
+
+def test_the_load_note_says_what_to_do() -> None:
+    from profilers.run import _load_entry
+
+    wandered = {"baseline_ms": 1.0, "probe_ms_p10_p90": [0.8, 1.3]}
+    steady = {"baseline_ms": 1.0, "probe_ms_p10_p90": [0.95, 1.05]}
+    assert _load_entry(0.01, False, steady, all_anchored=False)["note"] == "quiet machine"
+    note = _load_entry(0.01, False, wandered, all_anchored=False)["note"]
+    assert note.startswith("noisy host") and "spanned 50%" in note and "--anchor --anchor-prefill" in note
+    anchored = _load_entry(0.01, False, wandered, all_anchored=True)["note"]
+    assert "every row was timed beside its anchor" in anchored and "--anchor" not in anchored  # nothing more to switch on
+    busy = _load_entry(0.2, True, wandered, all_anchored=False)
+    assert busy["note"].startswith("measured while other processes") and busy["noisy_host"]  # our own load comes first
+    assert _load_entry(0.01, False, None, all_anchored=False) == {"background_cpu_share": 0.01, "under_load": False,
+                                                                   "note": "quiet machine"}
+
+
 def test_the_anchor_divides_a_memory_drift_out_of_decode_rows(tmp_path: Path) -> None:
     """A drift the compute probe does not see (the memory) stays in probed rows; anchored decode rows lose it."""
     points = build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)
@@ -143,6 +173,31 @@ def test_the_anchor_divides_a_memory_drift_out_of_decode_rows(tmp_path: Path) ->
     key = sorted(decode)[0]
     row = next(r for r in table.rows if row_key(r) == key)
     assert row["latency_ms_p50"] == pytest.approx(info["ratio_by_point"][key] * info["baseline_ms"][anchor_key], rel=1e-4)
+
+
+@pytest.mark.parametrize(("decode", "prefill"), [(True, True), (False, True)])
+def test_anchor_prefill_divides_a_drift_out_of_prefill_rows_too(tmp_path: Path, decode: bool, prefill: bool) -> None:
+    """--anchor-prefill: prefill rows are timed beside a fixed prefill step, so a drift the probe misses leaves them too."""
+    points = build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)
+    anchored = dataclasses.replace(FAST, anchor=decode, anchor_prefill=prefill)
+    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(anchored)).path)
+    drift = dict.fromkeys(range(1, len(points) + 1, 3), 1.5)
+    table = load_table(run_fake(tmp_path / "drift", profiler=FakeProfiler(anchored, memory_slowdown=drift)).path)
+    ratio: dict[str, list[float]] = {"prefill": [], "decode": []}
+    for row, base in zip(table.rows, clean.rows):
+        ratio[row["phase"]].append(row["latency_ms_p50"] / base["latency_ms_p50"])
+    assert ratio["prefill"] == pytest.approx([1.0] * len(ratio["prefill"]), rel=1e-3)
+    if decode:
+        assert ratio["decode"] == pytest.approx([1.0] * len(ratio["decode"]), rel=1e-3)
+    else:  # decode left to the probe keeps the drift
+        assert max(ratio["decode"]) == pytest.approx(1.5, rel=1e-3)
+    info = table.meta["anchor"]
+    phases = {"prefill", "decode"} if decode else {"prefill"}
+    expected = {p.key for p in points if p.phase in phases}
+    assert set(info["anchor_by_point"]) == expected
+    assert {k.split("|")[1] for k in info["baseline_ms"]} == phases  # one anchor per workload
+    assert not expected & set(table.meta["reference"]["compute_share_by_point"])  # the probe scaled the others only
+    assert table.meta["protocol"]["anchor_prefill"] is True
 
 
 def test_an_anchored_run_killed_midway_resumes_to_the_same_table(tmp_path: Path) -> None:
@@ -401,7 +456,8 @@ def test_cli_entry_point_exits_non_zero_without_traceback(tmp_path: Path) -> Non
         (["--device", HERE, "--model", "ref-decoder", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
         (["--device", HERE, "--model", "no/such-model-here", "--grid", "{bad"], "--grid is not valid JSON"),
         (["--device", HERE, "--model", "ref-decoder", "--threads", "0"], "protocol.threads is 0"),
-        (["--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--anchor"], "--anchor on onnxruntime needs --no-spinning"),
+        (["--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--anchor"], "--anchor-prefill on onnxruntime need --no-spinning"),
+        (["--device", HERE, "--model", "minilm", "--runtime", "onnxruntime", "--anchor-prefill"], "on onnxruntime need --no-spinning"),
         (["--device", "gpu", "--model", "ref-decoder", "--estimate"], "unknown device 'gpu'"),
     ],
 )
@@ -516,6 +572,26 @@ def test_verify_times_an_anchored_tables_decode_shapes_beside_the_same_anchor(tm
     assert set(table.meta["anchor"]["anchor_by_point"].values()) == {anchor}
     # a prefill shape (no anchor) keeps the probe's rule
     assert _table_speed_rule(table.label, tmp_path, small).anchor is None  # type: ignore[union-attr]
+    prefill_anchor = anchor_point(space, whole_model_point(shape, Workload(phase="prefill", seq_len=16))).key
+    assert _table_speed_rule(table.label, tmp_path, small, anchor=prefill_anchor).anchor is None  # type: ignore[union-attr]
+
+
+def test_verify_times_an_anchor_prefill_tables_prefill_shapes_beside_its_anchor(tmp_path: Path) -> None:
+    from nas.verify import _protocol_like, _table_speed_rule, whole_model_point
+    from nas.workload import Workload
+    from profilers.workload import anchor_point
+
+    anchored = dataclasses.replace(FAST, anchor_prefill=True, spinning=False)
+    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(anchored)).path)
+    space = SPEC.family.space(SPEC.config)
+    point = whole_model_point(space.full_shape(), Workload(phase="prefill", seq_len=16))
+    anchor = anchor_point(space, point).key
+    small = {"flops": 1e6, "weight_bytes": 1e6, "activation_bytes": 1e5}
+    rule = _table_speed_rule(table.label, tmp_path, small, anchor=anchor)
+    assert rule is not None and rule.anchor == anchor
+    assert rule.baseline_ms == pytest.approx(table.meta["anchor"]["baseline_ms"][anchor])
+    protocol = _protocol_like(rule)
+    assert protocol.anchored("prefill") and protocol.anchored("decode")  # verify times one phase: the table's anchor for it
 
 
 def test_compute_share_follows_the_roofline() -> None:

@@ -72,6 +72,8 @@ def profile_command(
         + (f", {result.measured_points} measured, {result.resumed_points} resumed, {result.noisy_points} noisy, "
            f"{result.build_seconds:.0f} s" if result.source == "measured" else "")
         + (" — measured under load; rebuild on a quiet machine" if result.under_load else "")
+        + (" — noisy host (the reference probe wandered; meta.json load.note says what to do)"
+           if result.noisy_host and not result.under_load else "")
     )
 
 
@@ -94,7 +96,7 @@ def tables_list_command(
     for col in ("device", "runtime", "name", "source", "rows", "date", "status"):
         view.add_column(col)
     for t in tables:
-        source = t["source"] + (" (under load)" if t.get("under_load") else "")
+        source = t["source"] + (" (under load)" if t.get("under_load") else "") + (" (noisy host)" if t.get("noisy_host") else "")
         view.add_row(t["device"], t["runtime"], t["name"], source, str(t["rows"]), str(t["date"]), t["status"])
     import sys
 

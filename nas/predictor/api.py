@@ -64,6 +64,12 @@ def _warn_about_table(csv_path: Path, device: str, name: str) -> None:
     if mismatch:
         sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was {mismatch}; its latencies may not "
                          f"hold here (prefill can differ 2x across CPU generations): {redo}\n")
+    load = entry.get("load") or {}
+    anchored = (entry.get("anchor") or {}).get("ratio_by_point") or {}
+    if load.get("noisy_host") and len(anchored) < int(entry.get("rows") or 0):  # anchored rows hold up there
+        sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was measured on a noisy host (its reference probe "
+                         f"spread {float(load.get('probe_spread') or 0):.0%} over the run): expect larger errors; "
+                         f"its meta.json load.note says what to do\n")
     if runtime == "onnxruntime" and "weights" not in (entry.get("runtime_info") or {}):
         sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was measured on models whose layers held equal "
                          f"weights, which ONNX Runtime shares (its decode rows read too fast): {redo}\n")
