@@ -92,7 +92,7 @@ class ProtocolConfig:
     anchor_prefill: bool = field(
         default=False,
         metadata={"help": "prefill too: time a fixed prefill step of the same workload beside every sample and keep the "
-                          "ratio instead of scaling by the probe (for noisy hosts; about doubles a prefill point's time)"},
+                          "ratio instead of scaling by the probe (for noisy hosts; builds took 1.25-1.3x as long)"},
     )
     pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
 

@@ -28,7 +28,7 @@ def profile_command(
     spinning: bool = typer.Option(True, "--spinning/--no-spinning", help="ONNX Runtime: intra-op threads spin between runs (its default); --no-spinning lets the reference probe run beside it."),
     stagger: bool = typer.Option(False, "--stagger/--no-stagger", help="Measure each point's passes one point apart, kept loaded, instead of in whole passes: for ONNX Runtime graphs too big to keep on disk for a later pass."),
     anchor: bool = typer.Option(False, "--anchor/--no-anchor", help="Decode: time a fixed mid-size decode step of the same workload beside every sample and keep the ratio (follows a drift of the machine's memory that the probe does not; ONNX Runtime needs --no-spinning)."),
-    anchor_prefill: bool = typer.Option(False, "--anchor-prefill/--no-anchor-prefill", help="Prefill too: time a fixed mid-size prefill step beside every sample and keep the ratio instead of scaling by the probe (for noisy VMs; about doubles a prefill point's time)."),
+    anchor_prefill: bool = typer.Option(False, "--anchor-prefill/--no-anchor-prefill", help="Prefill too: time a fixed mid-size prefill step beside every sample and keep the ratio instead of scaling by the probe (for noisy VMs; builds took 1.25-1.3x as long)."),
     pin_cpus: str | None = typer.Option(None, "--pin-cpus", help="Pin to these CPUs, e.g. 0,1 (Linux)."),
     estimate: bool = typer.Option(False, "--estimate", help="Write a roofline estimate from published specs instead of measuring (GPUs only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
@@ -72,7 +72,7 @@ def profile_command(
         + (f", {result.measured_points} measured, {result.resumed_points} resumed, {result.noisy_points} noisy, "
            f"{result.build_seconds:.0f} s" if result.source == "measured" else "")
         + (" — measured under load; rebuild on a quiet machine" if result.under_load else "")
-        + (" — noisy host (the reference probe wandered; meta.json load.note says what to do)"
+        + (" — noisy host: the reference probe wandered (meta.json load.note)"
            if result.noisy_host and not result.under_load else "")
     )
 
