@@ -47,7 +47,7 @@ class QuickstartResult:
     measured_latency_ms: float
     full_latency_ms: float
     seconds: dict[str, float] = field(default_factory=dict)
-    #: The best shape's measurement at the machine speed its table was measured at (reference probe).
+    #: The best shape's measurement at the machine speed its table was measured at (its reference probe or anchor).
     measured_latency_ms_table_speed: float | None = None
 
     @property

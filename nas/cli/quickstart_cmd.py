@@ -41,7 +41,7 @@ def quickstart_command(
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     if result.measured_latency_ms_table_speed is not None:
         Console().print(
-            f"measured at the table's machine speed (reference probe): {result.measured_latency_ms_table_speed:.2f} ms "
+            f"measured at the table's machine speed (its reference probe or anchor): {result.measured_latency_ms_table_speed:.2f} ms "
             f"vs {result.predicted_latency_ms:.2f} predicted; the table keeps this machine's quiet moments"
         )
     Console().print(
