@@ -28,8 +28,8 @@ and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). Th
    with the machine's memory over minutes, which a matmul in cache does not follow and work of
    the same kind does (see docs/PROFILING.md); prefill keeps the probe, unless
    ``anchor_prefill``: then a prefill step is timed beside a fixed prefill step the same way.
-   On a noisy host (a VM whose neighbours slowed it by 20-50 % for seconds at a time, which the
-   probe followed too loosely) that took the held-out torch prefill shapes from 75-79 % to 100 %
+   On a noisy host (a VM whose reference probe spread 37-45 % over a run, which the probe's
+   scaling followed too loosely) that took the held-out torch prefill shapes from 75-79 % to 100 %
    within 10 % (MiniLM, the reference decoder; docs/PROFILING.md).
 
 Thread counts are set by the profiler (torch / ONNX Runtime) from ``threads`` and recorded.

@@ -194,49 +194,43 @@ def test_a_table_measured_on_another_cpu_model_is_flagged(table, tmp_path, capsy
     assert capsys.readouterr().err == ""
 
 
-def test_an_onnxruntime_table_measured_on_shared_weights_is_flagged(table, tmp_path, capsys):
-    """Before 2026-11-29 every layer of a profiled model held the same weights, which ONNX Runtime shares."""
+def _warnings(table, folder, capsys, change) -> str:
+    """What ``anyshape predictor`` warns about ``table``, copied once to ``folder`` (a5000/<runtime>), after ``change(entry)`` to its meta.json."""
     import shutil
 
     from nas.predictor.api import _warn_about_table
 
-    folder = tmp_path / "a5000" / "onnxruntime"
-    shutil.copytree(table.parent, folder)
-    csv_path = folder / table.name
+    if not folder.exists():
+        shutil.copytree(table.parent, folder)
     meta = json.loads((folder / "meta.json").read_text())
-    entry = meta["tables"][csv_path.stem]
-    entry["runtime_info"] = {k: v for k, v in (entry.get("runtime_info") or {}).items() if k != "weights"}
+    change(meta["tables"][table.stem])
     (folder / "meta.json").write_text(json.dumps(meta))
-    _warn_about_table(csv_path, "a5000", csv_path.stem)
-    err = capsys.readouterr().err
+    _warn_about_table(folder / table.name, "a5000", table.stem)
+    return capsys.readouterr().err
+
+
+def test_an_onnxruntime_table_measured_on_shared_weights_is_flagged(table, tmp_path, capsys):
+    """Before 2026-11-29 every layer of a profiled model held the same weights, which ONNX Runtime shares."""
+    folder = tmp_path / "a5000" / "onnxruntime"
+
+    def without_weights(entry):
+        entry["runtime_info"] = {k: v for k, v in (entry.get("runtime_info") or {}).items() if k != "weights"}
+
+    err = _warnings(table, folder, capsys, without_weights)
     assert "layers held equal weights" in err and "--runtime onnxruntime" in err and err.count("\n") == 1
-    entry["runtime_info"]["weights"] = "seeded random, distinct per parameter"
-    (folder / "meta.json").write_text(json.dumps(meta))
-    _warn_about_table(csv_path, "a5000", csv_path.stem)
-    assert capsys.readouterr().err == ""
+    err = _warnings(table, folder, capsys, lambda e: e["runtime_info"].update(weights="seeded random, distinct per parameter"))
+    assert err == ""
 
 
 def test_a_table_measured_on_a_noisy_host_is_flagged(table, tmp_path, capsys):
-    import shutil
-
-    from nas.predictor.api import _warn_about_table
-
     folder = tmp_path / "a5000" / "torch"
-    shutil.copytree(table.parent, folder)
-    csv_path = folder / table.name
-    meta = json.loads((folder / "meta.json").read_text())
-    entry = meta["tables"][csv_path.stem]
-    entry["load"] = {**entry.get("load", {}), "probe_spread": 0.41, "noisy_host": True, "note": "noisy host: ..."}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    _warn_about_table(csv_path, "a5000", csv_path.stem)
-    err = capsys.readouterr().err
+    noisy = {"probe_spread": 0.41, "noisy_host": True, "note": "noisy host: ..."}
+    err = _warnings(table, folder, capsys, lambda e: e.update(load={**e.get("load", {}), **noisy}))
     assert "noisy host" in err and "spread 41%" in err and err.count("\n") == 1
-    entry["load"].update(probe_spread=0.08, noisy_host=False)
-    (folder / "meta.json").write_text(json.dumps(meta))
-    _warn_about_table(csv_path, "a5000", csv_path.stem)
-    assert "noisy" not in capsys.readouterr().err
-    entry["load"].update(probe_spread=0.41, noisy_host=True)  # noisy, but every row was timed beside its anchor
-    entry["anchor"] = {"ratio_by_point": {f"row{i}": 1.0 for i in range(int(entry["rows"]))}}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    _warn_about_table(csv_path, "a5000", csv_path.stem)
-    assert "noisy" not in capsys.readouterr().err
+    assert "noisy" not in _warnings(table, folder, capsys, lambda e: e["load"].update(probe_spread=0.08, noisy_host=False))
+
+    def anchored(entry):  # noisy, but every row was timed beside its anchor
+        entry["load"].update(probe_spread=0.41, noisy_host=True)
+        entry["anchor"] = {"ratio_by_point": {f"row{i}": 1.0 for i in range(int(entry["rows"]))}}
+
+    assert "noisy" not in _warnings(table, folder, capsys, anchored)
