@@ -28,9 +28,9 @@ CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 #: second pass), so that table has 80 shapes (the first 80 of the torch table's 120: same seed)
 #: measured in 7 staggered passes (each graph exported once, its session kept for its passes),
 #: with ORT's spinning off so that the reference probe corrects every point, and its decode rows
-#: anchored (--anchor: each sample timed beside a fixed mid-size decode step, kept loaded). MiniLM
-#: and ref-llama-12l anchor both phases (--anchor-prefill too): on a noisy VM their probe-scaled
-#: tables scored 35-79 % within 10 %, anchored 100 % (docs/PROFILING.md, protocol item 5).
+#: anchored (--anchor: each sample timed beside a fixed mid-size decode step, kept loaded). The
+#: other tables anchor both phases (--anchor-prefill too): on a noisy VM probe-scaled torch tables
+#: scored 35-79 % within 10 %, anchored 97-100 % (docs/PROFILING.md, protocol item 5).
 MINILM_GRID = '{"whole_model_samples": 130, "whole_model_ffn_steps": 32}'
 MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, "--rounds", "5", "--anchor-prefill"],
@@ -42,7 +42,7 @@ MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     ),
     "qwen2.5-0.5b": (
         "qwen2.5-0.5b",
-        {"torch": ["--grid", '{"whole_model_samples": 120}', "--rounds", "3"],
+        {"torch": ["--grid", '{"whole_model_samples": 120}', "--rounds", "3", "--anchor", "--anchor-prefill"],
          "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--rounds", "7", "--stagger", "--no-spinning", "--anchor"]},
     ),
 }

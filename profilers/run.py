@@ -374,7 +374,8 @@ def _load_entry(share: float, under_load: bool, reference: Mapping[str, Any] | N
     if under_load:
         load["note"] = "measured while other processes used the CPU; rebuild on a quiet machine with the same command"
     elif load.get("noisy_host"):
-        advice = ("every row was timed beside its anchor, which holds up on such hosts" if all_anchored
+        advice = ("every row was timed beside its anchor, which follows the host's speed; where the passes still "
+                  "disagree (meta.json passes), more --rounds narrow the median" if all_anchored
                   else "rebuild with --anchor --anchor-prefill (rows timed beside a fixed step hold up on such hosts)")
         load["note"] = (f"noisy host: the reference probe's p10-p90 spanned {spread:.0%} of its median over the run (quiet "
                         f"hosts: under {NOISY_HOST_SPREAD:.0%}) with no other process busy, e.g. neighbours on a shared VM; {advice}")

@@ -456,6 +456,7 @@ def test_cli_entry_point_exits_non_zero_without_traceback(tmp_path: Path) -> Non
         (["--device", HERE, "--model", "ref-decoder", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
         (["--device", HERE, "--model", "no/such-model-here", "--grid", "{bad"], "--grid is not valid JSON"),
         (["--device", HERE, "--model", "ref-decoder", "--threads", "0"], "protocol.threads is 0"),
+        (["--device", HERE, "--model", "ref-decoder", "--min-sample-ms", "-1"], "protocol.min_sample_ms is -1.0; it must be >= 0"),
         (["--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--anchor"], "--anchor-prefill on onnxruntime need --no-spinning"),
         (["--device", HERE, "--model", "minilm", "--runtime", "onnxruntime", "--anchor-prefill"], "on onnxruntime need --no-spinning"),
         (["--device", "gpu", "--model", "ref-decoder", "--estimate"], "unknown device 'gpu'"),
@@ -470,6 +471,24 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert done.returncode == 1, done.stderr
     assert message in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_cli_protocol_options_reach_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import profilers.run
+
+    seen = {}
+
+    def fake_profile(model, device, runtime, out, *, protocol, **kwargs):  # type: ignore[no-untyped-def]
+        seen["protocol"] = protocol
+        raise AnyshapeError("stop here")
+
+    monkeypatch.setattr(profilers.run, "profile", fake_profile)
+    done = cli(capsys, "profile", "--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--no-spinning", "--anchor",
+               "--min-sample-ms", "20", "--rounds", "15", "--out", str(tmp_path))
+    assert done.returncode == 1 and "stop here" in done.stderr
+    protocol = seen["protocol"]
+    assert (protocol.min_sample_ms, protocol.rounds, protocol.spinning, protocol.anchor) == (20.0, 15, False, True)
+    assert protocol.to_dict()["min_sample_ms"] == 20.0  # part of the run's identity: a resume with another value refuses
 
 
 def test_cli_estimate_and_tables_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,6 +24,7 @@ def profile_command(
     warmup: int = typer.Option(3, "--warmup", help="Untimed calls per point."),
     repeats: int = typer.Option(15, "--repeats", help="Most timed samples per point."),
     max_point_seconds: float = typer.Option(2.0, "--max-point-seconds", help="Stop sampling a point after this (once 5 samples)."),
+    min_sample_ms: float = typer.Option(2.0, "--min-sample-ms", help="Fold calls into one sample until it lasts this long (longer samples steadied ONNX Runtime's small decode graphs on a noisy VM)."),
     rounds: int = typer.Option(3, "--rounds", help="Passes over all points; each point keeps its fastest pass (drops bursts of load)."),
     spinning: bool = typer.Option(True, "--spinning/--no-spinning", help="ONNX Runtime: intra-op threads spin between runs (its default); --no-spinning lets the reference probe run beside it."),
     stagger: bool = typer.Option(False, "--stagger/--no-stagger", help="Measure each point's passes one point apart, kept loaded, instead of in whole passes: for ONNX Runtime graphs too big to keep on disk for a later pass."),
@@ -57,7 +58,7 @@ def profile_command(
                 pins = tuple(int(c) for c in pin_cpus.split(","))
             except ValueError:
                 raise AnyshapeError(f"--pin-cpus must be CPU numbers like 0,1; got {pin_cpus!r}") from None
-        fields = dict(warmup=warmup, repeats=repeats, max_point_seconds=max_point_seconds, rounds=rounds, spinning=spinning, stagger=stagger, anchor=anchor,
+        fields = dict(warmup=warmup, repeats=repeats, max_point_seconds=max_point_seconds, min_sample_ms=min_sample_ms, rounds=rounds, spinning=spinning, stagger=stagger, anchor=anchor,
                       anchor_prefill=anchor_prefill, pin_cpus=pins)
         if threads is not None:
             fields["threads"] = threads
