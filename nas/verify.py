@@ -160,14 +160,16 @@ class TableSpeedRule:
     Probed tables: ``p50 * (baseline_ms / probe) ** share`` (``share``: the shape's compute share on
     the table's roofs, 1 for tables that scaled every row in full). Anchored rows (``anchor``:
     the anchor point's key): ``ratio * baseline_ms``, the measurement's median ratio to the same
-    anchor times the anchor's median over the table's run. ``spinning``: the table's ONNX Runtime
-    setting, which verify takes so that it is probed (or anchored) as the table was.
+    anchor times the anchor's median over the table's run. ``spinning`` and ``min_sample_ms``: the
+    table's ONNX Runtime setting and sample length, which verify takes so that it times the shape
+    as the table did (20 ms samples moved some small decode graphs' anchor ratios by 5-11 %).
     """
 
     baseline_ms: float
     share: float = 1.0
     anchor: str | None = None
     spinning: bool = True
+    min_sample_ms: float = 2.0
 
     def at_table_speed(self, measurement: Any) -> float | None:
         """The measurement at the speed the table saw this machine; None where it lacks the probe or the anchor."""
@@ -186,7 +188,7 @@ def _protocol_like(rule: TableSpeedRule | None) -> Any:
     if rule is None:
         return None
     anchored = rule.anchor is not None
-    return ProtocolConfig(spinning=rule.spinning, anchor=anchored, anchor_prefill=anchored)
+    return ProtocolConfig(spinning=rule.spinning, anchor=anchored, anchor_prefill=anchored, min_sample_ms=rule.min_sample_ms)
 
 
 def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[str, float],
@@ -214,10 +216,11 @@ def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[st
     except AnyshapeError:
         return None
     table = (meta.get("tables") or {}).get(name) or {}
-    spinning = bool((table.get("protocol") or {}).get("spinning", True))
+    protocol = table.get("protocol") or {}
+    timing = {"spinning": bool(protocol.get("spinning", True)), "min_sample_ms": float(protocol.get("min_sample_ms", 2.0))}
     anchors = (table.get("anchor") or {}).get("baseline_ms") or {}
     if anchor is not None and anchors.get(anchor):
-        return TableSpeedRule(float(anchors[anchor]), anchor=anchor, spinning=spinning)
+        return TableSpeedRule(float(anchors[anchor]), anchor=anchor, **timing)
     reference = table.get("reference") or {}
     baseline = reference.get("baseline_ms")
     if not baseline:
@@ -225,7 +228,7 @@ def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[st
     share = 1.0
     if "compute_share_by_point" in reference:
         share = compute_share(cost, *table_roofs(table), l3_cache_bytes())
-    return TableSpeedRule(float(baseline), share, spinning=spinning)
+    return TableSpeedRule(float(baseline), share, **timing)
 
 
 def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str, Workload, float | None, str | None]:

@@ -585,8 +585,8 @@ def test_verify_times_an_anchored_tables_decode_shapes_beside_the_same_anchor(tm
     m = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, anchor_ms=4.0, anchor_ratio=3.0)
     assert rule.at_table_speed(m) == pytest.approx(3.0 * baseline)  # the ratio, in the table's anchor
     assert rule.at_table_speed(dataclasses.replace(m, anchor_ratio=None)) is None
-    protocol = _protocol_like(rule)  # verify measures as the table did: anchored, ORT threads not spinning
-    assert protocol.anchor and not protocol.spinning
+    protocol = _protocol_like(rule)  # verify measures as the table did: anchored, ORT threads not spinning, its sample length
+    assert protocol.anchor and not protocol.spinning and protocol.min_sample_ms == FAST.min_sample_ms == 0.0
     # the anchor verify builds is the one the table used for this workload
     assert set(table.meta["anchor"]["anchor_by_point"].values()) == {anchor}
     # a prefill shape (no anchor) keeps the probe's rule
