@@ -217,10 +217,10 @@ def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[st
         return None
     table = (meta.get("tables") or {}).get(name) or {}
     protocol = table.get("protocol") or {}
-    timing = {"spinning": bool(protocol.get("spinning", True)), "min_sample_ms": float(protocol.get("min_sample_ms", 2.0))}
+    spinning, min_sample_ms = bool(protocol.get("spinning", True)), float(protocol.get("min_sample_ms", 2.0))
     anchors = (table.get("anchor") or {}).get("baseline_ms") or {}
     if anchor is not None and anchors.get(anchor):
-        return TableSpeedRule(float(anchors[anchor]), anchor=anchor, **timing)
+        return TableSpeedRule(float(anchors[anchor]), anchor=anchor, spinning=spinning, min_sample_ms=min_sample_ms)
     reference = table.get("reference") or {}
     baseline = reference.get("baseline_ms")
     if not baseline:
@@ -228,7 +228,7 @@ def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[st
     share = 1.0
     if "compute_share_by_point" in reference:
         share = compute_share(cost, *table_roofs(table), l3_cache_bytes())
-    return TableSpeedRule(float(baseline), share, **timing)
+    return TableSpeedRule(float(baseline), share, spinning=spinning, min_sample_ms=min_sample_ms)
 
 
 def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str, Workload, float | None, str | None]:
