@@ -30,7 +30,7 @@ CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 #: with ORT's spinning off so that the reference probe corrects every point, and its decode rows
 #: anchored (--anchor: each sample timed beside a fixed mid-size decode step, kept loaded). The
 #: other tables anchor both phases (--anchor-prefill too): on a noisy VM probe-scaled torch tables
-#: scored 35-79 % within 10 %, anchored 97-100 % (docs/PROFILING.md, protocol item 5).
+#: scored 35-79 % within 10 %, anchored 100 % (docs/PROFILING.md, protocol item 5).
 MINILM_GRID = '{"whole_model_samples": 130, "whole_model_ffn_steps": 32}'
 MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, "--rounds", "5", "--anchor-prefill"],
