@@ -31,6 +31,10 @@ class BaseProfiler(ABC):
     #: Whether a reference probe timed between samples measures the machine, not this runtime's
     #: leftovers (ONNX Runtime's threads spin after each run and starve a probe timed right after).
     probe_compatible: ClassVar[bool] = True
+    #: Whether the probe may run between an anchored point's samples. Where False, anchored points
+    #: time it before their warm-up (:func:`profilers.protocol.measure` ``probe_first``): their rows
+    #: scale by the anchor, and the probe only reports the host's speed.
+    probe_beside_samples: ClassVar[bool] = True
 
     def __init__(self, protocol: ProtocolConfig | None = None, device: DeviceKind = "cpu"):
         self.protocol = protocol or ProtocolConfig()
@@ -76,13 +80,15 @@ class BaseProfiler(ABC):
     def measure(self, spec: ModelSpec, point: BlockPoint) -> Measurement:
         """One point, timed with the shared protocol (one pass; raw latencies plus ``reference_ms`` / anchor ratio)."""
         anchor = self.anchor(spec, point)
-        return measure(self.runner(spec, point), self.protocol, self.probe, anchor)
+        return measure(self.runner(spec, point), self.protocol, self.probe, anchor, probe_first=not self.probe_beside_samples)
 
     def measure_rounds(self, spec: ModelSpec, point: BlockPoint, compute_share: float = 1.0) -> Measurement:
         """One point timed ``protocol.rounds`` times on one built block; the pass is kept by :func:`kept_pass`."""
         anchor = self.anchor(spec, point)
         run = self.runner(spec, point)
-        return kept_pass([measure(run, self.protocol, self.probe, anchor) for _ in range(self.protocol.rounds)], compute_share)
+        first = not self.probe_beside_samples
+        return kept_pass([measure(run, self.protocol, self.probe, anchor, probe_first=first) for _ in range(self.protocol.rounds)],
+                         compute_share)
 
     def setup(self) -> None:
         """Apply the protocol's thread count before a run (and remember what to restore)."""

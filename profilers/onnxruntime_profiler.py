@@ -38,6 +38,12 @@ class OnnxRuntimeProfiler(BaseProfiler):
     #: tables rely on passes alone. ``protocol.spinning = False`` turns it off and the probe on
     #: (MiniLM ran as fast, 34.2 vs 32.9-35.5 ms, and the probe read a steady 1.4-1.6 ms).
     probe_compatible: ClassVar[bool] = False
+    #: The probe is a torch matmul: timed between an anchored decode step's samples, it slowed the
+    #: next one unevenly (reference decoder, Intel VM, 2026-11-30: a 12-layer step's ratio to its
+    #: anchor over 10 fresh sessions spread by 19.5 % with the probe between samples, 5.2 % with
+    #: it before them; the 9 passes of a table built that way spread by 39 %). Anchored rows time
+    #: it before their samples.
+    probe_beside_samples: ClassVar[bool] = False
     #: Most bytes of exported graphs kept on disk for later passes.
     export_cache_bytes: ClassVar[int] = 8 << 30
 
@@ -156,6 +162,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
         info = super().describe()
         info.update(onnxruntime=ort.__version__, provider=self.provider, graph_optimization="ORT_ENABLE_ALL",
                     intra_op_spinning=self.protocol.spinning,
+                    anchored_rows_probe="before the samples",
                     export="torch.onnx.export(dynamo=True), fixed shapes per point")
         return info
 

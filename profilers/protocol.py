@@ -53,6 +53,8 @@ RunFn = Callable[[int], float]
 
 #: Upper bound on calls folded into one sample (a 1 µs op at min_sample_ms=1 needs 1000).
 MAX_CALLS_PER_SAMPLE = 10_000
+#: Probe timings of an anchored point measured with ``probe_first`` (before its warm-up).
+PROBES_FIRST = 3
 
 
 def _default_threads() -> int:
@@ -261,7 +263,7 @@ def coefficient_of_variation(values: Sequence[float]) -> float:
 
 
 def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | None = None,
-            anchor: Callable[[], float] | None = None) -> Measurement:
+            anchor: Callable[[], float] | None = None, *, probe_first: bool = False) -> Measurement:
     """Time one point with the protocol above; ``run(n)`` returns elapsed ms for ``n`` calls.
 
     With a ``probe`` (a :class:`ReferenceProbe`), the probe runs once after every sample and its
@@ -269,14 +271,23 @@ def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | Non
     one timing), it is timed after every sample too, and ``anchor_ms`` and ``anchor_ratio`` (the
     median of ``sample / anchor``) come back. The latencies themselves are left raw. The attempt
     kept is judged by the CV of the ratios where anchored (the anchor takes the drift out).
+
+    ``probe_first`` (anchored points only) times the probe :data:`PROBES_FIRST` times before the
+    warm-up instead of between the samples: the anchor is the row's speed reference, the probe
+    then only reports the host's speed (``load.probe_spread``), and a runtime other than the
+    probe's own can be disturbed by it (:attr:`profilers._base.BaseProfiler.probe_beside_samples`).
     """
     with pinned(config.pin_cpus), gc_disabled():
+        early = [probe() for _ in range(PROBES_FIRST)] if probe is not None and probe_first and anchor is not None else []
+        if early:
+            probe = None
         calls = calibrate(run, config)
         best: tuple[float, list[float], list[float], list[float]] | None = None
         attempts = 0
         for _ in range(1 + config.max_remeasures):
             attempts += 1
             samples, probes, anchors = _samples(run, calls, config, probe, anchor)
+            probes = probes or early
             cv = coefficient_of_variation([s / a for s, a in zip(samples, anchors)] or samples)
             if best is None or cv < best[0]:
                 best = (cv, samples, probes, anchors)

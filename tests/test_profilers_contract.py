@@ -97,6 +97,41 @@ def test_the_reference_probe_is_for_cpu_runtimes_that_leave_the_cpu_alone() -> N
         dataclasses.replace(FAST, spinning="no")
 
 
+def test_a_profiler_can_keep_the_probe_away_from_its_anchored_samples() -> None:
+    """ONNX Runtime's anchored rows time the torch probe before their samples (it slowed the next
+    decode step unevenly); torch keeps it between them, where it shares the samples' threads."""
+    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
+    from profilers.protocol import PROBES_FIRST
+    from profilers.testing import TINY_LLAMA
+    from profilers.torch_profiler import TorchProfiler
+    from profilers.workload import BlockPoint
+
+    assert OnnxRuntimeProfiler.probe_beside_samples is False and TorchProfiler.probe_beside_samples is True
+    calls: list[str] = []
+
+    class Apart(FakeProfiler):
+        probe_beside_samples = False
+
+        @property
+        def probe(self):  # type: ignore[no-untyped-def]
+            return lambda: calls.append("probe") or 1.0
+
+    from nas.families import family_for
+    from profilers.blocks import ModelSpec
+
+    spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
+    decode = BlockPoint("whole-model", "decode", 1, 1, 16, 2, 4, 2, 64)
+    protocol = dataclasses.replace(FAST, anchor=True, rounds=2, max_point_seconds=60.0)
+    m = Apart(protocol).measure(spec, decode)
+    assert calls == ["probe"] * PROBES_FIRST and m.anchor_ratio is not None and m.reference_ms == 1.0
+    calls.clear()
+    Apart(protocol).measure_rounds(spec, decode)
+    assert calls == ["probe"] * PROBES_FIRST * 2  # each pass probes before its samples
+    calls.clear()
+    Apart(protocol).measure(spec, dataclasses.replace(decode, phase="prefill", seq_len=16, context_len=0))
+    assert len(calls) == FAST.repeats  # prefill is not anchored here: probed beside every sample
+
+
 @pytest.mark.slow
 def test_onnxruntime_without_spinning_is_probed_and_says_so(tmp_path: Path) -> None:
     import json

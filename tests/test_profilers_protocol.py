@@ -246,6 +246,31 @@ def test_the_anchor_is_timed_after_every_sample_and_divides_a_drift_out() -> Non
     assert raw.anchor_ratio is None and raw.cv > 0.05
 
 
+def test_probe_first_times_the_probe_before_an_anchored_points_warm_up_not_between_its_samples() -> None:
+    """An anchored row scales by its anchor, so ``probe_first`` keeps the (other runtime's) probe
+    away from the samples; the probe still reports the host's speed. Unanchored, it is ignored."""
+    from profilers.protocol import PROBES_FIRST, Anchor, measure
+
+    config = ProtocolConfig(threads=1, warmup=1, repeats=6, min_repeats=6, min_sample_ms=0.0)
+    order: list[str] = []
+
+    def run(n: int) -> float:
+        order.append("sample")
+        return 10.0 * n
+
+    def probe() -> float:
+        order.append("probe")
+        return 0.5 + 0.1 * order.count("probe")
+
+    anchor = Anchor("whole-model|decode|anchor", lambda n: order.append("anchor") or 4.0 * n, calls=1)
+    m = measure(run, config, probe, anchor, probe_first=True)
+    assert order == ["probe"] * PROBES_FIRST + ["sample"] + ["sample", "anchor"] * 6  # probes, warm-up, samples
+    assert m.reference_ms == pytest.approx(0.7) and m.anchor_ratio == pytest.approx(2.5)
+    order.clear()
+    m = measure(run, config, probe, probe_first=True)  # no anchor: the probe is the row's reference, beside the samples
+    assert order == ["sample"] + ["sample", "probe"] * 6 and m.reference_ms is not None
+
+
 def test_kept_pass_takes_the_median_anchor_ratio_else_the_fastest() -> None:
     from profilers.protocol import Measurement, kept_pass
 
