@@ -40,7 +40,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
     probe_compatible: ClassVar[bool] = False
     #: The probe is a torch matmul: timed between an anchored decode step's samples, it slowed the
     #: next one unevenly (reference decoder, Intel VM, 2026-11-30: a 12-layer step's ratio to its
-    #: anchor over 10 fresh sessions spread by 19.5 % with the probe between samples, 5.2 % with
+    #: anchor over 5 fresh sessions spread by 19.5 % with the probe between samples, 4.5 % with
     #: it before them; the 9 passes of a table built that way spread by 39 %). Anchored rows time
     #: it before their samples.
     probe_beside_samples: ClassVar[bool] = False
