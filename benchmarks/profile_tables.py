@@ -26,11 +26,11 @@ CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 #: (~80 to fit, ~50 held out) where a table builds in reasonable time on 2 cores. ONNX Runtime
 #: exports every whole Qwen2.5-0.5B shape (10-50 s each, and 0.1-2 GB: too big to keep for a
 #: second pass), so that table has 80 shapes (the first 80 of the torch table's 120: same seed)
-#: measured in 7 staggered passes (each graph exported once, its session kept for its passes),
-#: with ORT's spinning off so that the reference probe corrects every point, and its decode rows
-#: anchored (--anchor: each sample timed beside a fixed mid-size decode step, kept loaded). The
-#: other tables anchor both phases (--anchor-prefill too): on a noisy VM probe-scaled torch tables
-#: scored 35-79 % within 10 %, anchored 100 % (docs/PROFILING.md, protocol item 5).
+#: measured in 5 staggered passes (each graph exported once, its session kept for its passes;
+#: the Zen 5 table had 7 with prefill probe-scaled), with ORT's spinning off. Every table anchors
+#: every phase it has (--anchor, --anchor-prefill: each sample timed beside a fixed mid-size step, kept
+#: loaded): on a noisy VM probe-scaled torch tables scored 35-79 % within 10 %, anchored 100 %
+#: (docs/PROFILING.md, protocol item 5).
 MINILM_GRID = '{"whole_model_samples": 130, "whole_model_ffn_steps": 32}'
 MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, "--rounds", "5", "--anchor-prefill"],
@@ -43,7 +43,8 @@ MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "qwen2.5-0.5b": (
         "qwen2.5-0.5b",
         {"torch": ["--grid", '{"whole_model_samples": 120}', "--rounds", "3", "--anchor", "--anchor-prefill"],
-         "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--rounds", "7", "--stagger", "--no-spinning", "--anchor"]},
+         "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--rounds", "5", "--stagger", "--no-spinning", "--anchor",
+                         "--anchor-prefill"]},
     ),
 }
 ESTIMATED_DEVICES = ("a5000", "jetson-agx-orin-64gb", "jetson-orin-nano-8gb")
