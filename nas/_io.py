@@ -1,4 +1,4 @@
-"""Atomic file and directory writes: a failed write leaves nothing behind."""
+"""Atomic file and directory writes (a failed write leaves nothing behind), and a folder lock."""
 
 from __future__ import annotations
 
@@ -31,6 +31,24 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) between processes; no lock file is left behind."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no lock
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def load_mapping_arg(text: str, option: str, example: str) -> Any:

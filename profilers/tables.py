@@ -19,12 +19,12 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas._io import write_json_atomic, write_text_atomic
+from nas._io import folder_lock, write_json_atomic, write_text_atomic
 from nas.errors import AnyshapeError
 
 TABLE_FORMAT = "anyshape/latency-table-v1"
@@ -153,23 +153,6 @@ def parse_rows(text: str, where: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- meta.json
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Serialise read-modify-write of one folder's meta.json between processes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX: no lock
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)  # lock the folder itself: no lock file is left behind
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def read_meta(folder: Path) -> dict[str, Any]:
     path = folder / "meta.json"
     try:
@@ -194,7 +177,7 @@ def _file_table(csv_path: Path, text: str, entry: Mapping[str, Any]) -> None:
     """Write a table's CSV text and put its entry into its folder's meta.json, both atomically, under the folder's lock."""
     folder = csv_path.parent
     device, runtime, name = folder.parent.name, folder.name, csv_path.stem
-    with _locked(folder):
+    with folder_lock(folder):
         write_text_atomic(csv_path, text)
         try:
             meta = read_meta(folder)
@@ -369,7 +352,7 @@ def refile_cpu_tables(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
             if target.exists():
                 raise AnyshapeError(f"cannot refile {source}: {target} exists already")
             _file_table(target, source.read_text(), {**entry, "device": slug})  # written before the source goes
-            with _locked(folder):
+            with folder_lock(folder):
                 meta = read_meta(folder)
                 del meta["tables"][name]
                 source.unlink()

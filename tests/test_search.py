@@ -147,6 +147,41 @@ def test_workers_on_sqlite(tmp_path):
     assert result.complete_trials == 24 and len(numbers) == len(set(numbers)) == 24
 
 
+OPEN_STORAGE = """
+import sys, time
+from nas.search.run import make_storage
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+make_storage(sys.argv[1], heartbeat=False)
+"""
+
+
+def test_processes_opening_one_new_sqlite_file_at_once_all_succeed(tmp_path):
+    # Two service workers once opened a new study file together; one failed with
+    # "UNIQUE constraint failed: alembic_version.version_num". Each round starts 6 processes on
+    # a fresh file at the same instant (without the lock, about half the rounds failed here).
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / str(round_) / 'study.db'}"
+        start = time.time() + 5.0  # past the imports of every process
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORAGE, url, str(start)], stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, "\n".join(errors)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        '(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num',
+        '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "pg_type_typname_nsp_index"',
+        '(sqlite3.OperationalError) table studies already exists',
+    ],
+)
+def test_schema_races_are_retried_and_other_errors_are_not(message):
+    from nas.search.run import _lost_schema_race
+
+    assert _lost_schema_race(Exception(message))
+    assert not _lost_schema_race(Exception("(psycopg2.OperationalError) connection refused"))
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(not POSTGRES_URL, reason="set ANYSHAPE_TEST_POSTGRES_URL to run PostgreSQL tests")
 def test_workers_on_postgres_lose_and_duplicate_nothing(tmp_path):

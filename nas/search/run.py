@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from nas._io import folder_lock
 from nas.errors import AnyshapeError
 from nas.search.problem import SearchProblem, shape_key
 from nas.workload import Workload
@@ -159,24 +160,42 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
             engine_kwargs["creator"] = functools.partial(_sqlite_connect, parsed.database)
     else:
         engine_kwargs["pool_pre_ping"] = True
-    for attempt in range(3):
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        with _quiet_experimental():
+            kwargs = dict(
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+    for attempt in range(_SCHEMA_ATTEMPTS):
         try:
-            with _quiet_experimental():
-                kwargs: dict[str, Any] = {}
-                if heartbeat:
-                    kwargs = dict(
-                        heartbeat_interval=HEARTBEAT_S,
-                        grace_period=GRACE_S,
-                        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-                    )
+            with _quiet_experimental(), _schema_lock(parsed):
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except Exception as e:  # driver missing, host unreachable, bad credentials: one clear line
-            if "already exists" in str(e) and attempt < 2:
-                time.sleep(0.5 * (attempt + 1))  # another process is creating the schema right now
+            if _lost_schema_race(e) and attempt < _SCHEMA_ATTEMPTS - 1:
+                time.sleep(0.5 * (attempt + 1))  # another process created the schema meanwhile: load it
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AnyshapeError(f"cannot open study storage {parsed.render_as_string(hide_password=True)}: {first}") from None
     raise AssertionError("unreachable")
+
+
+_SCHEMA_ATTEMPTS = 3
+
+
+def _schema_lock(parsed: Any) -> contextlib.AbstractContextManager[None]:
+    """Processes opening one SQLite file take turns: two creating its schema at once collide
+    (``UNIQUE constraint failed: alembic_version.version_num``). Other databases rely on the retry."""
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return folder_lock(Path(parsed.database).parent)
+    return contextlib.nullcontext()
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """Whether ``error`` is another process's schema creation winning over ours."""
+    text = str(error).lower()
+    return any(sign in text for sign in ("already exists", "unique constraint", "duplicate key"))
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
