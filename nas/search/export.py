@@ -43,14 +43,15 @@ def load_study(storage: str, name: str) -> Any:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from nas.search.run import make_storage
+    from nas.search.run import make_storage, sqlite_file
 
     try:
         parsed = make_url(storage)
     except ArgumentError:
         raise AnyshapeError(f"--storage {storage!r} is not a database URL (like sqlite:///path.db or postgresql://host/db)") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).is_file():
-        raise AnyshapeError(f"no study storage at {parsed.database}; run anyshape search first or pass --storage")
+    path = sqlite_file(parsed)
+    if path and not Path(path).is_file():
+        raise AnyshapeError(f"no study storage at {path}; run anyshape search first or pass --storage")
     store = make_storage(storage, heartbeat=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(store)]
     if name not in names:

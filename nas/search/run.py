@@ -34,6 +34,8 @@ from nas.workload import Workload
 #: Seconds between heartbeats of a running trial, and after which a silent trial is stale.
 HEARTBEAT_S = 5
 GRACE_S = 20
+#: Tries to open a storage whose schema another process may be creating at the same moment.
+SCHEMA_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,20 @@ def parse_db_url(url: str, option: str, example: str) -> Any:
         parsed = make_url(url)
     except ArgumentError:
         raise AnyshapeError(f"{option} {url!r} is not a database URL (like {example} or postgresql://host/db)") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+    path = sqlite_file(parsed)
+    if path:
         try:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise AnyshapeError(f"cannot create the folder of {parsed.database}: {e.strerror}") from None
+            raise AnyshapeError(f"cannot create the folder of {path}: {e.strerror}") from None
     return parsed
+
+
+def sqlite_file(parsed: Any) -> str | None:
+    """The file of a parsed SQLite URL; None for other databases and in-memory SQLite."""
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return str(parsed.database)
+    return None
 
 
 def make_storage(url: str, *, heartbeat: bool = True) -> Any:
@@ -155,10 +165,10 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
 
     parsed = parse_db_url(url, "--storage", "sqlite:///path.db")
     engine_kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            engine_kwargs["creator"] = functools.partial(_sqlite_connect, parsed.database)
-    else:
+    path = sqlite_file(parsed)
+    if path:
+        engine_kwargs["creator"] = functools.partial(_sqlite_connect, path)
+    elif parsed.get_backend_name() != "sqlite":
         engine_kwargs["pool_pre_ping"] = True
     kwargs: dict[str, Any] = {}
     if heartbeat:
@@ -168,28 +178,20 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
                 grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
             )
-    for attempt in range(_SCHEMA_ATTEMPTS):
+    for attempt in range(SCHEMA_ATTEMPTS):
         try:
-            with _quiet_experimental(), _schema_lock(parsed):
+            with _quiet_experimental(), (folder_lock(Path(path).parent) if path else contextlib.nullcontext()):
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except Exception as e:  # driver missing, host unreachable, bad credentials: one clear line
-            if _lost_schema_race(e) and attempt < _SCHEMA_ATTEMPTS - 1:
+            # Processes opening one new SQLite file take turns (the folder lock): two creating its
+            # schema at once collide ("UNIQUE constraint failed: alembic_version.version_num").
+            # Other databases, and a lock-less platform, retry after a lost race instead.
+            if _lost_schema_race(e) and attempt < SCHEMA_ATTEMPTS - 1:
                 time.sleep(0.5 * (attempt + 1))  # another process created the schema meanwhile: load it
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AnyshapeError(f"cannot open study storage {parsed.render_as_string(hide_password=True)}: {first}") from None
     raise AssertionError("unreachable")
-
-
-_SCHEMA_ATTEMPTS = 3
-
-
-def _schema_lock(parsed: Any) -> contextlib.AbstractContextManager[None]:
-    """Processes opening one SQLite file take turns: two creating its schema at once collide
-    (``UNIQUE constraint failed: alembic_version.version_num``). Other databases rely on the retry."""
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return folder_lock(Path(parsed.database).parent)
-    return contextlib.nullcontext()
 
 
 def _lost_schema_race(error: Exception) -> bool:
