@@ -1,8 +1,10 @@
 """``anyshape quickstart``: the whole pipeline on the embedded default model (MiniLM), on this CPU.
 
     1. supernet   calibrate MiniLM once (reused while the base weights and settings match)
-    2. table      the committed CPU table for this machine, or a quick profile when none fits
-    3. predictor  fit on the table (or load the saved one)
+    2. table      the committed CPU table for this machine; on a CPU kind with none, the other CPUs'
+                  tables (the best of them is chosen by step 3), or a quick profile when none loads
+    3. calibrate  time 10 whole-model shapes here and now and correct the table's predictor to
+                  this machine (``anyshape calibrate``; about a minute)
     4. search     NSGA-II over depth x FFN width, under a latency budget
     5. export     the feasible Pareto front as subnet configs, CSV and plot
     6. verify     extract the most accurate shape under the budget, measure it here
@@ -47,8 +49,10 @@ class QuickstartResult:
     measured_latency_ms: float
     full_latency_ms: float
     seconds: dict[str, float] = field(default_factory=dict)
-    #: The best shape's measurement at the machine speed its table was measured at (its reference probe or anchor).
+    #: The best shape's measurement at the machine speed its table was measured at (None: calibrated, raw compared).
     measured_latency_ms_table_speed: float | None = None
+    #: This machine's calibration of the predictor (``WorkloadCalibration.summary``: K, errors before and after).
+    calibration: dict[str, Any] | None = None
 
     @property
     def speedup(self) -> float:
@@ -64,15 +68,18 @@ def run_quickstart(
     budget_fraction: float = 0.5,
     tables: str | Path = "latency_tables",
     seed: int = 0,
+    calibration_shapes: int = 10,
     say: Callable[[str], None] = lambda message: None,
 ) -> QuickstartResult:
-    """Run the pipeline end to end; ``say`` receives one line per stage."""
+    """Run the pipeline end to end; ``say`` receives one line per stage (``calibration_shapes``: K of the calibration)."""
     from nas.predictor.api import predictor_for
+    from nas.predictor.calibration import calibrate, is_calibrated
     from nas.search.export import export_study, load_study, pareto_trials
     from nas.search.run import SearchConfig, run_search
     from nas.supernet.artifact import Supernet
     from nas.verify import measure_latency, verify
     from profilers.environment import cpu_slug
+    from profilers.protocol import live_protocol
 
     if not 0 < budget_fraction <= 1:
         raise AnyshapeError(f"budget fraction is {budget_fraction}; allowed range (0, 1]")
@@ -88,10 +95,19 @@ def run_quickstart(
     seconds["supernet"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tables_root, table_name = _table(model, device, runtime, Path(tables), out, say)
+    tables_root, table_name, prior = _table(model, device, runtime, Path(tables), out, say)
+    seconds["table"] = time.perf_counter() - t
+    t = time.perf_counter()
+    calibration = calibrate(device, runtime, model, tables_root=tables_root, table=table_name, prior=prior, workloads=[workload],
+                            shapes=calibration_shapes, seed=seed, say=say).record
+    summary = calibration.workloads[workload.name].summary()
+    say(f"calibrated against {calibration.prior.get('label')}: prediction error on the {summary['k']} shapes timed here "
+        f"{summary['mape_before']:.1%} before, {summary['mape_after_loo']:.1%} after (leave-one-out)")
     predictor, _ = predictor_for(device, runtime, model, tables_root=tables_root, table=table_name, allow_lut_only=True)
+    if not is_calibrated(predictor, workload):
+        raise AnyshapeError("the calibration just made does not apply (see the note above); run anyshape calibrate to see why")
     say(f"predictor: {predictor.chosen} on {predictor.label}")
-    seconds["table_and_predictor"] = time.perf_counter() - t
+    seconds["calibrate"] = time.perf_counter() - t
 
     full = supernet.space.full_shape()
     budget_ms = round(float(predictor.predict([full], workload)[0]) * budget_fraction, 3)
@@ -101,7 +117,7 @@ def run_quickstart(
         study="quickstart",
         trials=trials,
         factory="nas.search.factory:supernet_problem",
-        factory_args={"supernet": str(supernet_dir), "tables": str(tables_root), "table": table_name},
+        factory_args={"supernet": str(supernet_dir), "tables": str(tables_root), "table": table_name, "calibrated": True},
         device=device,
         runtime=runtime,
         workload=workload,
@@ -132,7 +148,7 @@ def run_quickstart(
 
     source = resolve_model(model)
     _, family = load_model(source)
-    full_measured = measure_latency(source, family, full, workload, runtime, "cpu", None)
+    full_measured = measure_latency(source, family, full, workload, runtime, "cpu", live_protocol(), middle=True)
     seconds["verify"] = time.perf_counter() - t
     return QuickstartResult(
         out=out, device=device, runtime=runtime, workload=workload.name, budget_ms=budget_ms, supernet=supernet_dir,
@@ -140,7 +156,7 @@ def run_quickstart(
         pareto_configs=len(export.configs), best_config=best_config, best_shape=result.shape, metric=result.metric,
         best_accuracy=result.measured_accuracy, predicted_latency_ms=float(best.values[1]),
         measured_latency_ms=result.measured_latency_ms, full_latency_ms=full_measured.latency_ms_p50, seconds=seconds,
-        measured_latency_ms_table_speed=result.measured_latency_ms_table_speed,
+        measured_latency_ms_table_speed=result.measured_latency_ms_table_speed, calibration=summary,
     )  # fmt: skip
 
 
@@ -162,8 +178,13 @@ def _supernet(model: str, path: Path, say: Callable[[str], None]) -> Path:
     return path
 
 
-def _table(model: str, device: str, runtime: str, tables: Path, out: Path, say: Callable[[str], None]) -> tuple[Path, str]:
-    """The committed table for this machine if it loads; else a quick profile under ``out``."""
+def _table(model: str, device: str, runtime: str, tables: Path, out: Path, say: Callable[[str], None]) -> tuple[Path, str, str]:
+    """Where the prior comes from: (tables root, table name, ``calibrate``'s prior).
+
+    The committed table for this machine if it loads; else, on a CPU kind with no table, every
+    other CPU's committed table, of which the calibration keeps the one that predicts this machine
+    best (a few shapes timed here instead of a whole profile); else a quick profile under ``out``.
+    """
     from profilers.run import profile, resolve_model_spec
     from profilers.tables import load_table
     from profilers.workload import GridConfig
@@ -174,13 +195,21 @@ def _table(model: str, device: str, runtime: str, tables: Path, out: Path, say: 
         try:
             load_table(committed, device=device, runtime=runtime)
             say(f"latency table: {committed}")
-            return tables, name
+            return tables, name, "table"
         except AnyshapeError as e:
-            say(f"latency table: {committed} does not fit this machine ({e}); profiling quickly")
-    else:
-        say(f"latency table: none committed for {device}/{runtime}; profiling {model} quickly")
+            say(f"latency table: {committed} does not fit this machine ({e})")
+    others = []
+    for path in sorted(tables.glob(f"cpu-*/{runtime}/{name}.csv")):
+        try:
+            others.append(load_table(path, runtime=runtime).device)
+        except AnyshapeError:
+            continue
+    if others:
+        say(f"latency table: none committed for {device}/{runtime}; the calibration picks the best prior of {', '.join(others)}")
+        return tables, name, "auto"
+    say(f"latency table: none usable for {device}/{runtime}; profiling {model} quickly")
     local = out / "latency_tables"
     if not (local / device / runtime / f"{name}.csv").is_file():
         grid = GridConfig(phases=("prefill",), ffn_steps=QUICK_GRID["ffn_steps"], whole_model_samples=QUICK_GRID["whole_model_samples"])
         profile(model, device, runtime, local, grid=grid, progress=True)
-    return local, name
+    return local, name, "table"

@@ -42,6 +42,8 @@ class VerifyResult:
     #: anchored decode tables its anchor: :class:`TableSpeedRule`), the like-for-like number to set
     #: beside the prediction on a shared machine; None without a probe or anchor.
     measured_latency_ms_table_speed: float | None = None
+    #: The prediction was calibrated to this machine (``anyshape calibrate``): compare it with the raw measurement.
+    calibrated: bool = False
 
     @property
     def latency_error(self) -> float | None:
@@ -105,10 +107,17 @@ def verify(
         cost = asdict(block_cost(ModelDims.from_config(family, source_model.config_dict()), point))
         anchor = anchor_point(family.space(source_model.config_dict()), point).key
         predicted_entry = dict((config.objectives.get("latency") or {}).get(key) or {})
-        rule = _table_speed_rule(predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root,
-                                 cost, anchor)
-        measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol or _protocol_like(rule),
-                                      compute_share=rule.share if rule else 1.0)
+        calibrated = bool(predicted_entry.get("calibrated"))
+        if calibrated:  # calibrated to this machine's raw speed: measure it the way the calibration did
+            from profilers.protocol import live_protocol
+
+            rule = None
+            measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol or live_protocol(), middle=True)
+        else:
+            rule = _table_speed_rule(predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root,
+                                     cost, anchor)
+            measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol or _protocol_like(rule),
+                                          compute_share=rule.share if rule else 1.0)
 
     objectives = _deep_copy(config.objectives)
     accuracy = objectives.setdefault("accuracy", {})
@@ -123,6 +132,7 @@ def verify(
         measured_repeats=measurement.repeats,
         measured_noisy=bool(measurement.noisy),
         measured_on=time.strftime("%Y-%m-%d"),
+        measured_protocol="live (raw, median of passes)" if calibrated else "the table's",
     )
     table_speed = rule.at_table_speed(measurement) if rule else None
     if table_speed is not None:
@@ -148,6 +158,7 @@ def verify(
         latency_source=source,
         study_updated=study_updated,
         measured_latency_ms_table_speed=table_speed,
+        calibrated=calibrated,
         seconds=time.perf_counter() - start,
         checkpoint=Path(out).absolute() if out is not None else None,
     )
@@ -257,10 +268,11 @@ def whole_model_point(shape: Any, workload: Workload) -> Any:
 
 
 def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any,
-                    compute_share: float = 1.0) -> Any:
+                    compute_share: float = 1.0, *, middle: bool = False) -> Any:
     """Whole-model latency of ``shape`` for ``workload``, with the profilers' runtime and protocol, on this device.
 
-    ``compute_share``: how the passes are judged (``profilers.protocol.kept_pass``), as a table judges its rows'.
+    ``compute_share``: how the passes are judged (``profilers.protocol.kept_pass``), as a table judges its rows';
+    ``middle``: keep the middle pass (:func:`profilers.protocol.live_protocol` measurements).
     """
     from profilers.blocks import ModelSpec
     from profilers.protocol import ProtocolConfig
@@ -272,7 +284,7 @@ def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, ru
     spec = ModelSpec(Path(str(source.path)).name, family, source.config_dict())
     profiler.setup()
     try:
-        return profiler.measure_rounds(spec, whole_model_point(shape, workload), compute_share)
+        return profiler.measure_rounds(spec, whole_model_point(shape, workload), compute_share, middle=middle)
     finally:
         profiler.teardown()
 

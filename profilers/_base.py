@@ -82,13 +82,14 @@ class BaseProfiler(ABC):
         anchor = self.anchor(spec, point)
         return measure(self.runner(spec, point), self.protocol, self.probe, anchor, probe_first=not self.probe_beside_samples)
 
-    def measure_rounds(self, spec: ModelSpec, point: BlockPoint, compute_share: float = 1.0) -> Measurement:
-        """One point timed ``protocol.rounds`` times on one built block; the pass is kept by :func:`kept_pass`."""
+    def measure_rounds(self, spec: ModelSpec, point: BlockPoint, compute_share: float = 1.0, *, middle: bool = False) -> Measurement:
+        """One point timed ``protocol.rounds`` times on one built block; the pass is kept by :func:`kept_pass`
+        (``middle``: the middle pass, as :func:`profilers.protocol.live_protocol` measurements keep)."""
         anchor = self.anchor(spec, point)
         run = self.runner(spec, point)
         first = not self.probe_beside_samples
         return kept_pass([measure(run, self.protocol, self.probe, anchor, probe_first=first) for _ in range(self.protocol.rounds)],
-                         compute_share)
+                         compute_share, middle=middle)
 
     def setup(self) -> None:
         """Apply the protocol's thread count before a run (and remember what to restore)."""

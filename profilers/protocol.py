@@ -147,6 +147,19 @@ class ProtocolConfig:
         return cls(**data)
 
 
+def live_protocol(**overrides: Any) -> ProtocolConfig:
+    """How ``anyshape calibrate`` and ``verify`` (of a calibrated prediction) time a whole model: what a user sees.
+
+    Raw wall-clock time, no reference probe and no anchor (nothing rescales it), and ``rounds``
+    passes whose median is kept: calibrate interleaves its shapes' passes
+    (:func:`nas.predictor.calibration.measure_interleaved`), verify times one built model that
+    many times (:meth:`profilers._base.BaseProfiler.measure_rounds` with ``middle=True``). On a
+    shared VM a pass lasts under a second and the machine's speed moves by 10-20 % over seconds;
+    five passes let the median span several of those moments.
+    """
+    return ProtocolConfig(**{"reference": False, "rounds": 5, **overrides})
+
+
 @dataclass(frozen=True)
 class Measurement:
     """The per-call latency of one point, in milliseconds."""

@@ -98,3 +98,11 @@ def tok_model(tiny_model: Callable[[str], Path], tmp_path_factory: pytest.TempPa
         return cache[name]
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def _user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty per-user cache: no calibration of the machine running the tests leaks in."""
+    path = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("ANYSHAPE_CACHE_DIR", str(path))
+    return path

@@ -11,7 +11,7 @@ from nas.quickstart import run_quickstart
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     lines: list[str] = []
-    result = run_quickstart(tmp_path / "qs", trials=6, say=lines.append)
+    result = run_quickstart(tmp_path / "qs", trials=6, calibration_shapes=4, say=lines.append)
     assert result.pareto_configs >= 1 and result.best_config.is_file()
     assert (tmp_path / "qs" / "best" / "model.safetensors").is_file()
     config = yaml.safe_load(result.best_config.read_text())
@@ -19,6 +19,9 @@ def test_quickstart_end_to_end(tmp_path):
     assert latency["measured_ms"] > 0 and latency["predicted_ms"] <= result.budget_ms
     assert 0 < config["objectives"]["accuracy"]["measured"] <= 1.0
     assert any(line.startswith("search:") for line in lines)
+    # it calibrated to this machine before searching, and verify compared the raw measurement with that prediction
+    assert result.calibration is not None and result.calibration["k"] == 4
+    assert latency["calibrated"] is True and latency["measured_protocol"].startswith("live")
     # a second run reuses the supernet and replaces the study
-    again = run_quickstart(tmp_path / "qs", trials=4, say=lines.append)
+    again = run_quickstart(tmp_path / "qs", trials=4, calibration_shapes=3, say=lines.append)
     assert again.trials == 4 and any("reusing" in line for line in lines)

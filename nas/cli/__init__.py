@@ -11,6 +11,7 @@ import click
 import typer
 
 from nas.cli import (  # noqa: F401  (commands register on import)
+    calibrate_cmd,
     extract_cmd,
     inspect_cmd,
     predictor_cmd,

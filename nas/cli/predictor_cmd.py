@@ -46,16 +46,20 @@ def predict_command(device: str = DEVICE, runtime: str = RUNTIME, model: str = M
                     batch: int = typer.Option(1, "--batch"),
                     seq_len: int = typer.Option(128, "--seq-len", help="Prompt length (prefill) or context length (decode)."),
                     tables: Path = TABLES, table: str | None = TABLE,
+                    calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Use this machine's calibration (anyshape calibrate) where one applies."),
+                    calibration_file: Path | None = typer.Option(None, "--calibration-file", help="Use this calibration record (refused if it is another machine's)."),
                     as_json: bool = typer.Option(False, "--json")) -> None:  # fmt: skip
     """Predict the latency of one shape for one workload (fits the predictor on first use)."""
     from nas.predictor.api import predict_latency
     from nas.workload import Workload
 
-    result = predict_latency(device, runtime, model, parse_shape_arg(shape), Workload(phase, batch, seq_len), tables_root=tables, table=table)  # type: ignore[arg-type]
+    result = predict_latency(device, runtime, model, parse_shape_arg(shape), Workload(phase, batch, seq_len), tables_root=tables,  # type: ignore[arg-type]
+                             table=table, calibrated=calibration, calibration=calibration_file)
     if as_json:
         print_json(result)
         return
-    typer.echo(f"{result['latency_ms']:.4g} ms for {result['workload']} ({result['table']})")
+    state = "" if result["calibrated"] else "; not calibrated to this machine: anyshape calibrate"
+    typer.echo(f"{result['latency_ms']:.4g} ms for {result['workload']} ({result['table']}{state})")
     if result["flag"]:
         typer.echo(f"warning: {result['flag']}", err=True)
 

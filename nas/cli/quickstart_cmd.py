@@ -39,10 +39,18 @@ def quickstart_command(
     )
     Console().print(table)
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
-    if result.measured_latency_ms_table_speed is not None:
+    if result.calibration is not None:
+        c = result.calibration
+        error = result.predicted_latency_ms / result.measured_latency_ms - 1
+        Console().print(
+            f"prediction vs measurement of the best shape: {error:+.1%} (raw wall-clock time on this machine; the predictor "
+            f"was calibrated here on {c['k']} shapes: {c['mape_before']:.1%} error before, {c['mape_after_loo']:.1%} after, "
+            "leave-one-out)"
+        )
+    elif result.measured_latency_ms_table_speed is not None:
         Console().print(
             f"measured at the table's machine speed (its reference probe or anchor): {result.measured_latency_ms_table_speed:.2f} ms "
-            f"vs {result.predicted_latency_ms:.2f} predicted; the table keeps this machine's quiet moments"
+            f"vs {result.predicted_latency_ms:.2f} predicted"
         )
     Console().print(
         f"budget {result.budget_ms:g} ms predicted; latency table {result.table}; predictor {result.predictor}\n"

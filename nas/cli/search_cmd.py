@@ -46,6 +46,7 @@ def search_command(
     model: str | None = typer.Option(None, "--model", help="Base model, if not where the supernet says."),
     tables: Path = typer.Option(Path("latency_tables"), "--tables", help="Root folder of the latency tables."),
     table: str | None = typer.Option(None, "--table", help="Table name (default: the base model's name)."),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Use this machine's latency calibration (anyshape calibrate) where one applies."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Search the accuracy / latency Pareto front of a supernet's shapes on a device."""
@@ -56,7 +57,8 @@ def search_command(
         study=study or f"{supernet.absolute().name}-{device}-{runtime}",
         trials=trials,
         factory="nas.search.factory:supernet_problem",
-        factory_args={"supernet": str(supernet.absolute()), "model": model, "tables": str(tables.absolute()), "table": table},
+        factory_args={"supernet": str(supernet.absolute()), "model": model, "tables": str(tables.absolute()), "table": table,
+                      "calibrated": calibration},
         device=device,
         runtime=runtime,
         workload=Workload.parse(workload),
@@ -71,10 +73,13 @@ def search_command(
     result = run_search(config, progress=not as_json)
     if as_json:
         print_json({"study": result.study, "storage": result.storage, "complete_trials": result.complete_trials,
-                    "new_trials": result.new_trials, "trials_per_minute": round(result.trials_per_minute, 1), "pareto": result.pareto})
+                    "new_trials": result.new_trials, "trials_per_minute": round(result.trials_per_minute, 1), "pareto": result.pareto,
+                    "calibrated": result.calibrated, "calibration": result.calibration})
         return
     typer.echo(f"study {result.study}: {result.complete_trials} trials ({result.new_trials} new, {result.trials_per_minute:.1f}/min), "
-               f"{len(result.pareto)} on the feasible Pareto front; export with: anyshape export --study {result.study}"
+               f"{len(result.pareto)} on the feasible Pareto front"
+               + (f" (latency calibrated on this machine, calibration {result.calibration['id']})" if result.calibration else "")
+               + f"; export with: anyshape export --study {result.study}"
                + (f" --storage {storage}" if storage else ""))
 
 
@@ -94,7 +99,8 @@ def verify_command(
     if as_json:
         print_json({k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()} | {"latency_error": result.latency_error})
         return
-    predicted = f"{result.predicted_latency_ms:.4g} ms predicted ({result.latency_source}), " if result.predicted_latency_ms else ""
+    calibrated = ", calibrated on this machine" if result.calibrated else ""
+    predicted = f"{result.predicted_latency_ms:.4g} ms predicted ({result.latency_source}{calibrated}), " if result.predicted_latency_ms else ""
     error = f" ({result.latency_error:+.1%})" if result.latency_error is not None else ""
     typer.echo(f"{result.config.name}: {result.metric} {result.measured_accuracy:.4g} measured"
                + (f" (search: {result.predicted_accuracy:.4g})" if result.predicted_accuracy is not None else "")

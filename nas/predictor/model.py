@@ -449,7 +449,10 @@ def load_predictor(path: str | Path) -> LatencyPredictor:
     recipe = FitRecipe(**recipe_data)
     from profilers.tables import load_table
 
-    table_path = Path(recipe.table)
+    beside = path.parent / Path(recipe.table).name  # tables travel with their predictors (a copied or moved folder)
+    table_path = beside if beside.is_file() else Path(recipe.table)
+    if table_path != Path(recipe.table):
+        recipe = FitRecipe(**{**asdict(recipe), "table": str(table_path)})
     if not table_path.is_file():
         raise AnyshapeError(f"predictor {path} was fit on {recipe.table}, which is missing; fit it again on an existing table")
     table = load_table(table_path, check_software=False)

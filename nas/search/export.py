@@ -115,6 +115,14 @@ def _table_of(study_attrs: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _calibration_of(study_attrs: dict[str, Any]) -> dict[str, Any]:
+    """Whether the prediction was calibrated to the searching machine (``anyshape calibrate``), and by which record."""
+    calibration = study_attrs.get("latency_calibration")
+    if not calibration:
+        return {"calibrated": False}
+    return {"calibrated": True, "calibration": calibration.get("id"), "calibration_created": calibration.get("created")}
+
+
 def subnet_config(study_attrs: dict[str, Any], trial: Any, metric: str) -> SubnetConfig:
     base = study_attrs.get("base_model") or {}
     if not base.get("source"):
@@ -125,7 +133,8 @@ def subnet_config(study_attrs: dict[str, Any], trial: Any, metric: str) -> Subne
     key = f"{search.get('device')}/{search.get('runtime')}/{search.get('workload')}"
     objectives = {
         "accuracy": {"metric": metric, "value": trial.values[0], "direction": study_attrs.get("accuracy_direction")},
-        "latency": {key: {"predicted_ms": ua.get("predicted_latency_ms"), "source": ua.get("latency_source"), **_table_of(study_attrs)}},
+        "latency": {key: {"predicted_ms": ua.get("predicted_latency_ms"), "source": ua.get("latency_source"), **_table_of(study_attrs),
+                          **_calibration_of(study_attrs)}},
         "memory_mb": ua.get("memory_mb"),
         "study": {"name": study_attrs.get("search_config", {}).get("study"), "trial": trial.number},
     }

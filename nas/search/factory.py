@@ -3,7 +3,8 @@
 Accuracy is the supernet's own masked forward (with a trained supernet's adapters merged for
 the shape) on the held-out batches of its calibration record (the same data in every worker, rebuilt from the recorded config): perplexity for
 decoders (minimised), mean cosine to the full model's sentence embeddings for encoders
-(maximised). Latency is the predictor of the device/runtime table for the base model.
+(maximised). Latency is the predictor of the device/runtime table for the base model, with this machine's
+calibration (``anyshape calibrate``) when ``factory_args["calibrated"]`` and one applies.
 """
 
 from __future__ import annotations
@@ -76,10 +77,15 @@ def supernet_problem(config: Any) -> SearchProblem:
     args: Mapping[str, Any] = config.factory_args
     supernet_dir = Path(args["supernet"])
     supernet, source, sha = load_supernet_for(supernet_dir, model=args.get("model"))
+    from nas.predictor.calibration import is_calibrated
+
+    # studies made before calibrations existed have no "calibrated" argument: they keep their table's predictions
     predictor, _ = predictor_for(
         config.device, config.runtime, args.get("latency_model") or supernet.base_source,
         tables_root=args.get("tables", "latency_tables"), table=args.get("table"), allow_lut_only=True,
+        calibrated=bool(args.get("calibrated", False)),
     )  # fmt: skip
+    latency_calibration = predictor.record.describe() if is_calibrated(predictor, config.workload) else None
     torch.manual_seed(config.seed)
     net, family = load_model(source)
     calibration = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
@@ -103,6 +109,7 @@ def supernet_problem(config: Any) -> SearchProblem:
             "base_model": {"source": supernet.base_source, "sha256": sha},
             "supernet": {"path": str(supernet_dir.absolute()), "sha256": supernet.sha256()},
             "latency_table": predictor.label,
+            "latency_calibration": latency_calibration,
         },
         baseline_shapes=uniform_baselines(supernet.space, space),
     )

@@ -119,6 +119,12 @@ class SearchResult:
     new_trials: int
     seconds: float
     pareto: list[dict[str, Any]]
+    #: This machine's latency calibration the predictions used (None: the table's predictions as they are).
+    calibration: dict[str, Any] | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
 
     @property
     def trials_per_minute(self) -> float:
@@ -239,6 +245,7 @@ def open_study(config: SearchConfig, problem: SearchProblem, *, worker: int = 0)
             for key, value in problem.provenance.items():
                 study.set_user_attr(key, value)
     else:
+        _check_same_calibration(study.user_attrs.get("latency_calibration"), problem.provenance.get("latency_calibration"))
         differing = sorted(k for k in mine if k not in ("trials", "seed") and stored.get(k) != mine[k])
         if differing:
             raise AnyshapeError(
@@ -246,6 +253,16 @@ def open_study(config: SearchConfig, problem: SearchProblem, *, worker: int = 0)
                 "use another --study name"
             )
     return study
+
+
+def _check_same_calibration(stored: Any, mine: Any) -> None:
+    """Every worker of a study predicts with the same calibration (it lives in one machine's cache)."""
+    stored_id, my_id = (stored or {}).get("id"), (mine or {}).get("id")
+    if stored_id != my_id:
+        raise AnyshapeError(
+            f"this worker's latency calibration ({my_id or 'none'}) is not the study's ({stored_id or 'none'}): a calibration "
+            "belongs to the machine that made it; run the workers there, or search with --no-calibration everywhere"
+        )
 
 
 def make_sampler(config: SearchConfig, worker: int = 0) -> Any:
@@ -329,6 +346,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> SearchResult:
         new_trials=complete - before,
         seconds=time.perf_counter() - start,
         pareto=[_trial_summary(t) for t in pareto_trials(study)],
+        calibration=problem.provenance.get("latency_calibration"),
     )
 
 
