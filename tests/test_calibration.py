@@ -258,3 +258,18 @@ def test_search_workers_refuse_a_different_calibration() -> None:
     _check_same_calibration({"id": "a"}, {"id": "a"})
     with pytest.raises(AnyshapeError, match=r"calibration .*none.* is not the study's .*a"):
         _check_same_calibration({"id": "a"}, None)
+
+
+def test_device_command_says_which_tables_and_calibrations_apply(tables: Path, model_file: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from nas.cli import main
+    from nas.cli.device_cmd import device_report
+
+    assert main(["device", "--tables", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert f"this machine is {cpu_slug()}" in out and "no tables folder" in out and "anyshape calibrate" in out
+    run_calibration(tables, model_file, shapes=4, workloads=[PREFILL])
+    report = device_report(tables)
+    assert report["device"] == cpu_slug() and [t["name"] for t in report["tables"]] == ["tiny"]
+    assert report["calibration_priors"] == [f"cpu-other-kind-2c/{RT}/tiny"]
+    assert [c["table"] for c in report["calibrations"]] == ["tiny"]

@@ -392,15 +392,18 @@ class RooflinePrior:
         if kind == "cpu":
             from profilers.environment import best_bandwidth, measure_matmul_gflops
 
-            bandwidth = best_bandwidth(256).bound_gb_s
-            gflops = measure_matmul_gflops()
-            eff = {"memory": 0.8, "compute": 0.6, "launch_ms": 0.01, "source": "CPU prior (roofs measured here)"}
-            return cls(model_config, bandwidth, gflops, eff, f"roofline of this CPU ({bandwidth:.0f} GB/s, {gflops:.0f} GFLOP/s)")
+            return cls.for_cpu(model_config, best_bandwidth(256).bound_gb_s, measure_matmul_gflops(), "this CPU")
         from profilers.devices import device_spec
 
         spec = device_spec(device)
         eff = asdict(JETSON_PRIOR if device.startswith("jetson") else GPU_PRIOR)
         return cls(model_config, spec.memory_bandwidth_gb_s, spec.fp16_dense_tflops * 1e3, eff, f"roofline of the {spec.name} spec sheet")
+
+    @classmethod
+    def for_cpu(cls, model_config: dict[str, Any], bandwidth_gb_s: float, gflops: float, which: str) -> RooflinePrior:
+        """A CPU's roofline from its measured copy bandwidth and fp32 GEMM rate (``which`` names the CPU)."""
+        eff = {"memory": 0.8, "compute": 0.6, "launch_ms": 0.01, "source": f"CPU prior (roofs measured on {which})"}
+        return cls(model_config, bandwidth_gb_s, gflops, eff, f"roofline of {which} ({bandwidth_gb_s:.0f} GB/s, {gflops:.0f} GFLOP/s)")
 
     @property
     def label(self) -> str:
@@ -510,12 +513,16 @@ def calibration_shapes(prior: Any, space: Any, workload: Workload, k: int, seed:
     if len(pool) < k:
         raise AnyshapeError(f"this model's shape space holds {len(pool)} distinct shapes; ask for --shapes {len(pool)} or fewer")
     predicted = np.log(np.asarray(prior.predict(pool, workload), dtype=float))
-    chosen = [0]  # the full model (sample_shapes puts it first)
-    targets = np.linspace(predicted.min(), predicted[0], k)[:-1]
-    for target in targets:
-        free = [i for i in range(len(pool)) if i not in chosen]
-        chosen.append(min(free, key=lambda i: (abs(predicted[i] - target), i)))
-    return [pool[i] for i in chosen]
+    return [pool[i] for i in spanning_indices(predicted, k, first=0)]  # sample_shapes puts the full model first
+
+
+def spanning_indices(log_predicted: np.ndarray, k: int, first: int) -> list[int]:
+    """``k`` indices: ``first`` (the full model), then the nearest to even steps from the fastest up to it (log scale)."""
+    chosen = [first]
+    for target in np.linspace(log_predicted.min(), log_predicted[first], k)[:-1]:
+        free = [i for i in range(len(log_predicted)) if i not in chosen]
+        chosen.append(min(free, key=lambda i: (abs(log_predicted[i] - target), i)))
+    return chosen
 
 
 def shape_numbers(shape: Shape) -> dict[str, int]:
@@ -718,7 +725,8 @@ def _device_kind(slug: str) -> str:
 
 
 def _no_prior_message(device: str, runtime: str, model: str, root: Path, name: str, prior: str) -> str:
-    others = sorted({p.parent.parent.name for p in root.glob(f"*/{runtime}/{name}.csv")})
+    others = sorted({p.parent.parent.name for p in root.glob(f"*/{runtime}/{name}.csv")
+                     if _device_kind(p.parent.parent.name) == _device_kind(device)})
     hint = (f"calibrate from another device's table ({', '.join(others)}) with --prior auto" if others
             else "calibrate from a roofline estimate with --prior roofline")
     return f"no latency table {root / device / runtime / f'{name}.csv'} to calibrate; {hint}, or build one with anyshape profile"
