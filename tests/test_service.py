@@ -203,6 +203,7 @@ def test_run_is_queued_run_by_a_worker_and_has_results(url):
                       120, "the run to finish")
     assert done["status"] == "done", done["error"]
     assert done["complete_trials"] == 12 and done["progress"] == 1.0 and done["result"]["complete_trials"] == 12
+    assert done["config"]["calibrated"] is True and done["result"]["latency_calibrated"] is False  # the fake problem has no table
     results = httpx.get(f"{url}/runs/{run['id']}/results").json()
     assert results["study"]["name"] == "queued" and results["study"]["pareto"]
     assert any(r["id"] == run["id"] for r in httpx.get(f"{url}/runs?status=done").json())

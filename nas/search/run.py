@@ -246,6 +246,12 @@ def open_study(config: SearchConfig, problem: SearchProblem, *, worker: int = 0)
                 study.set_user_attr(key, value)
     else:
         _check_same_calibration(study.user_attrs.get("latency_calibration"), problem.provenance.get("latency_calibration"))
+        stored = {**stored, "factory_args": {"calibrated": False, **(stored.get("factory_args") or {})}}  # older studies: uncalibrated
+        mine = {**mine, "factory_args": {"calibrated": False, **(mine.get("factory_args") or {})}}
+        if stored["factory_args"]["calibrated"] != mine["factory_args"]["calibrated"]:
+            made = "with" if stored["factory_args"]["calibrated"] else "without"
+            raise AnyshapeError(f"study {config.study!r} was searched {made} this machine's latency calibration; continue it "
+                                f"with --{'' if made == 'with' else 'no-'}calibration, or use another --study name")
         differing = sorted(k for k in mine if k not in ("trials", "seed") and stored.get(k) != mine[k])
         if differing:
             raise AnyshapeError(

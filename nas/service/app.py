@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
 from nas.errors import AnyshapeError
-from nas.service.catalog import Cached, Storages, StudyEntry, load_devices, load_studies, storage_urls
+from nas.service.catalog import Cached, ParetoPoint, Storages, StudyEntry, load_devices, load_studies, storage_urls
 from nas.service.models import (
     AccuracyOut,
     ClosestOut,
@@ -334,6 +334,7 @@ def study_out(s: StudyEntry) -> StudyOut:
     return StudyOut(
         name=s.name, storage=s.storage, device=s.device, runtime=s.runtime, workload=s.workload,
         accuracy_metric=s.accuracy_metric, accuracy_direction=s.accuracy_direction, latency_source=s.latency_source,
+        latency_calibrated=s.latency_calibrated, latency_calibration_id=s.latency_calibration_id,
         base_model=s.base_model, complete_trials=s.complete_trials, pareto_size=len(s.pareto),
     )
 
@@ -341,7 +342,8 @@ def study_out(s: StudyEntry) -> StudyOut:
 def study_detail(s: StudyEntry) -> StudyDetailOut:
     points = [
         ParetoPointOut(trial=p.trial, accuracy=p.accuracy, latency_ms=p.latency_ms, memory_mb=p.memory_mb, shape=p.shape,
-                       latency_source=p.latency_source, config_url=f"/studies/{s.name}/configs/{p.trial}")
+                       latency_source=p.latency_source, latency_calibrated=s.latency_calibrated,
+                       latency_calibration_id=s.latency_calibration_id, config_url=f"/studies/{s.name}/configs/{p.trial}")
         for p in s.pareto
     ]
     return StudyDetailOut(**study_out(s).model_dump(), pareto=points)
@@ -414,8 +416,7 @@ def recommend(studies: tuple[StudyEntry, ...], body: RecommendIn) -> RecommendOu
     reasons = [
         f"predicted latency {point.latency_ms:.4g} ms <= budget {body.latency_budget_ms:g} ms "
         f"for {body.device}/{body.runtime}/{workload}",
-        f"latency table source: {point.latency_source}"
-        + (" (an estimate from published specs, not a measurement: verify on the device)" if point.latency_source != "measured" else ""),
+        f"latency table source: {point.latency_source}" + _calibration_note(study, point),
         f"most accurate of {len(good)} Pareto configs within the budget ({len(candidates)} searched): "
         f"{study.accuracy_metric} {point.accuracy:.6g} ({study.accuracy_direction})",
     ]
@@ -425,10 +426,21 @@ def recommend(studies: tuple[StudyEntry, ...], body: RecommendIn) -> RecommendOu
         found=True, reason=reasons[-1 if body.min_accuracy is None else -2], candidates=len(candidates), **head,
         study=study.name, trial=point.trial,
         accuracy=AccuracyOut(metric=study.accuracy_metric, value=point.accuracy, direction=study.accuracy_direction),
-        predicted_latency_ms=point.latency_ms, latency_source=point.latency_source, memory_mb=point.memory_mb,
+        predicted_latency_ms=point.latency_ms, latency_source=point.latency_source,
+        latency_calibrated=study.latency_calibrated, latency_calibration_id=study.latency_calibration_id, memory_mb=point.memory_mb,
         shape=point.shape, reasons=reasons, config=subnet(study, point.trial).to_dict(),
         config_url=f"/studies/{study.name}/configs/{point.trial}",
     )
+
+
+def _calibration_note(study: StudyEntry, point: ParetoPoint) -> str:
+    """What the recommend reasons add after the table's source: the calibration, or that an estimate is only one."""
+    if study.latency_calibrated:
+        which = f" (calibration {study.latency_calibration_id})" if study.latency_calibration_id else ""
+        return f", calibrated on the searching machine{which}"
+    if point.latency_source != "measured":
+        return " (an estimate from published specs, not a measurement: verify on the device)"
+    return ""
 
 
 def serve(settings: ServiceSettings) -> None:

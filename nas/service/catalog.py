@@ -45,6 +45,8 @@ class StudyEntry:
     complete_trials: int
     pareto: tuple[ParetoPoint, ...]
     attrs: dict[str, Any]
+    latency_calibrated: bool = False  # predicted with the searching machine's calibration (anyshape calibrate)
+    latency_calibration_id: str | None = None
 
     def better(self, a: float, b: float) -> bool:
         """Accuracy ``a`` is strictly better than ``b`` in this study's direction."""
@@ -154,6 +156,7 @@ def study_entry(study: Any, url: str) -> StudyEntry:
                 latency_source=str(trial.user_attrs.get("latency_source") or attrs.get("latency_source") or "unknown"),
             ))
     base = attrs.get("base_model") or {}
+    calibrated, calibration_id = calibration_of(attrs)
     return StudyEntry(
         name=study.study_name, storage=_hide_password(url), storage_url=url,
         device=search.get("device"), runtime=search.get("runtime"), workload=search.get("workload"),
@@ -161,7 +164,18 @@ def study_entry(study: Any, url: str) -> StudyEntry:
         accuracy_direction=str(attrs.get("accuracy_direction", "maximize")),
         latency_source=attrs.get("latency_source"), base_model=base.get("source"),
         complete_trials=len(complete), pareto=tuple(points), attrs=attrs,
+        latency_calibrated=calibrated, latency_calibration_id=calibration_id,
     )
+
+
+def calibration_of(attrs: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether a study's latencies were predicted with the searching machine's calibration, and its ID
+    (from the study attribute ``latency_calibration``; studies from before calibrations have none)."""
+    record = attrs.get("latency_calibration")
+    if not record:
+        return False, None
+    found = record.get("id") if isinstance(record, dict) else None
+    return True, None if found is None else str(found)
 
 
 def load_devices(tables_root: str | Path) -> tuple[dict[str, Any], ...]:

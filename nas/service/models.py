@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Name = Field(min_length=1, max_length=128)
 StudyName = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -13,6 +13,8 @@ WorkloadText = Field(
     description="prefill:bB:sS (prompt of S tokens) or decode:bB:cC (one token after a KV cache of C)",
 )
 FactoryArg = str | int | float | bool | None
+Calibrated = Field(description="True when the latency was predicted with the searching machine's calibration (anyshape calibrate)")
+CalibrationId = Field(description="The ID of that calibration (None when not calibrated)")
 
 
 class Strict(BaseModel):
@@ -55,6 +57,8 @@ class ParetoPointOut(BaseModel):
     memory_mb: float | None
     shape: dict[str, Any]
     latency_source: str
+    latency_calibrated: bool = Calibrated
+    latency_calibration_id: str | None = CalibrationId
     config_url: str
 
 
@@ -67,6 +71,8 @@ class StudyOut(BaseModel):
     accuracy_metric: str
     accuracy_direction: str
     latency_source: str | None
+    latency_calibrated: bool = Calibrated
+    latency_calibration_id: str | None = CalibrationId
     base_model: str | None
     complete_trials: int
     pareto_size: int
@@ -115,6 +121,10 @@ class RecommendOut(BaseModel):
     accuracy: AccuracyOut | None = None
     predicted_latency_ms: float | None = None
     latency_source: str | None = Field(default=None, description="Source of the latency table behind the prediction")
+    latency_calibrated: bool = Field(
+        default=False, description="True when the predicted latency used the searching machine's calibration (false when none was found)",
+    )
+    latency_calibration_id: str | None = Field(default=None, description="The ID of that calibration")
     memory_mb: float | None = None
     shape: dict[str, Any] | None = None
     reasons: list[str] = Field(default_factory=list)
@@ -138,7 +148,16 @@ class RunIn(Strict):
     latency_budget_ms: float | None = Field(default=None, gt=0, le=1e9, allow_inf_nan=False)
     memory_budget_mb: float | None = Field(default=None, gt=0, le=1e12, allow_inf_nan=False)
     memory_objective: bool = False
+    calibrated: bool = Field(default=True, description="Predict latency with this machine's calibration (anyshape calibrate) "
+                             "where one applies; false: the table's predictions as they are")
     workers: int = Field(default=1, ge=1, description="Search processes this run uses (at most the service's max_run_workers)")
+
+    @field_validator("factory_args")
+    @classmethod
+    def _calibrated_is_its_own_field(cls, value: dict[str, FactoryArg]) -> dict[str, FactoryArg]:
+        if "calibrated" in value:
+            raise ValueError("pass calibrated as the request's own field, not in factory_args")
+        return value
 
 
 class RunOut(BaseModel):

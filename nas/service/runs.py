@@ -260,12 +260,18 @@ class WorkerSettings:
 
 
 def search_config(config: Mapping[str, Any], settings: WorkerSettings) -> Any:
-    """The ``SearchConfig`` of a stored run config (validated again: the table may be old)."""
+    """The ``SearchConfig`` of a stored run config (validated again: the table may be old).
+
+    The run's ``calibrated`` goes to the factory as ``factory_args["calibrated"]``; a run queued before
+    the field existed has none, and its factory keeps the table's predictions (as its study did)."""
     from nas.search.run import SearchConfig
     from nas.workload import Workload
 
     data = dict(config)
     data["workload"] = Workload.parse(str(data.get("workload", "prefill:b1:s128")))
+    calibrated = data.pop("calibrated", None)
+    if calibrated is not None:
+        data["factory_args"] = {**dict(data.get("factory_args") or {}), "calibrated": bool(calibrated)}
     return SearchConfig(**data, storage=settings.search_storage, studies_dir=settings.studies_dir)
 
 
@@ -297,6 +303,7 @@ def execute(store: RunStore, run: Run, settings: WorkerSettings, host: str, pid:
         "complete_trials": result.complete_trials, "new_trials": result.new_trials,
         "seconds": round(result.seconds, 3), "trials_per_minute": round(result.trials_per_minute, 2),
         "storage": _hide_password(result.storage),
+        "latency_calibrated": result.calibrated, "latency_calibration_id": (result.calibration or {}).get("id"),
     })
     return "done"
 
