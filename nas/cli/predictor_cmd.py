@@ -58,7 +58,11 @@ def predict_command(device: str = DEVICE, runtime: str = RUNTIME, model: str = M
     if as_json:
         print_json(result)
         return
-    state = "" if result["calibrated"] else "; not calibrated to this machine: anyshape calibrate"
+    from profilers.environment import cpu_slug
+
+    here = device == cpu_slug()
+    state = "" if result["calibrated"] else ("; not calibrated to this machine: anyshape calibrate" if here
+                                             else "; not calibrated: anyshape calibrate runs on the device itself")
     typer.echo(f"{result['latency_ms']:.4g} ms for {result['workload']} ({result['table']}{state})")
     if result["flag"]:
         typer.echo(f"warning: {result['flag']}", err=True)

@@ -135,8 +135,9 @@ def predict_latency(
     """``anyshape predictor predict``: one shape's predicted latency with its source, calibration and any flag."""
     from nas.predictor.calibration import is_calibrated
 
+    # as search does: a table too thin to fit (a roofline estimate) predicts its lookup-table sum, with a note
     predictor, spec = predictor_for(device, runtime, model, tables_root=tables_root, table=table, calibrated=calibrated,
-                                    calibration=calibration)  # fmt: skip
+                                    calibration=calibration, allow_lut_only=True)  # fmt: skip
     resolved = shape_for_prediction(spec, shape)
     latency = float(predictor.predict([resolved], workload)[0])
     flag = predictor.flags([resolved], workload, predicted=[latency])[0]
