@@ -257,14 +257,10 @@ def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str
 
 
 def whole_model_point(shape: Any, workload: Workload) -> Any:
-    """The latency-table point of ``shape`` run as a whole model on ``workload``."""
-    from profilers.workload import BlockPoint
+    """:func:`profilers.workload.whole_model_point` (imported on use: verify's import stays free of torch)."""
+    from profilers.workload import whole_model_point as point
 
-    phase = workload.phase
-    return BlockPoint(
-        "whole-model", phase, workload.batch, workload.seq_len if phase == "prefill" else 1,
-        0 if phase == "prefill" else workload.seq_len, len(shape.layers), shape.heads, shape.kv_heads, shape.ffn,
-    )  # fmt: skip
+    return point(shape, workload)
 
 
 def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any,

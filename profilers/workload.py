@@ -191,6 +191,16 @@ def sample_shapes(space: ShapeSpace, grid: GridConfig) -> list[Shape]:
     return shapes
 
 
+def whole_model_point(shape: Shape, workload: Any) -> BlockPoint:
+    """The latency-table point of ``shape`` run as a whole model on ``workload`` (a :class:`nas.workload.Workload`)."""
+    assert shape.layers is not None and shape.heads is not None and shape.kv_heads is not None and shape.ffn is not None
+    phase = workload.phase
+    return BlockPoint(
+        "whole-model", phase, workload.batch, workload.seq_len if phase == "prefill" else 1,
+        0 if phase == "prefill" else workload.seq_len, len(shape.layers), shape.heads, shape.kv_heads, shape.ffn,
+    )  # fmt: skip
+
+
 def anchor_point(space: ShapeSpace, point: BlockPoint) -> BlockPoint:
     """The fixed whole-model point that ``point``'s workload is anchored to (``protocol.anchor``).
 

@@ -327,10 +327,10 @@ def cache_dir() -> Path:
 
 
 def calibration_path(device: str, runtime: str, table: str, root: str | Path | None = None) -> Path:
-    for label, value in (("device", device), ("runtime", runtime), ("table", table)):
-        if not value or "/" in value or value.startswith("."):
-            raise AnyshapeError(f"{label} {value!r} cannot be a folder or file name")
-    return Path(root or cache_dir()) / "calibrations" / device / runtime / f"{table}.json"
+    """``<cache>/calibrations/<device>/<runtime>/<table>.json`` (names checked as table paths are)."""
+    from profilers.tables import table_csv_path
+
+    return table_csv_path(Path(root or cache_dir()) / "calibrations", device, runtime, table).with_suffix(".json")
 
 
 def list_calibrations(root: str | Path | None = None) -> list[dict[str, Any]]:
@@ -417,8 +417,8 @@ class RooflinePrior:
         return self.chosen
 
     def predict(self, shapes: Sequence[Shape], workload: Workload) -> np.ndarray:
-        from nas.verify import whole_model_point
         from profilers.roofline import roofline_ms
+        from profilers.workload import whole_model_point
 
         return np.array([roofline_ms(self.dims, whole_model_point(s, workload), self.bandwidth_gb_s, self.gflops, self.efficiency)
                          for s in shapes], dtype=float)
@@ -576,10 +576,10 @@ def calibrate(
     encoders; decode:b1:c128 too for decoders without a table). ``profiler``: measure with this one
     instead of ``runtime``'s (tests pass a fake).
     """
-    from nas.verify import whole_model_point
     from profilers.devices import check_device_name
     from profilers.protocol import live_protocol
     from profilers.run import config_sha256, make_profiler, resolve_model_spec
+    from profilers.workload import whole_model_point
 
     start = time.perf_counter()
     if not MIN_SHAPES <= shapes <= 100:
@@ -667,19 +667,13 @@ def load_calibration_file(path: str | Path) -> CalibrationRecord:
 
 
 def _check_here(device: str, kind: str, *, fake: bool) -> None:
-    """Only the machine you are on can be calibrated: a CPU slug must be this CPU's, a GPU slug this GPU's."""
-    if fake:
+    """Only the machine you are on can be calibrated: a GPU slug must be this GPU's (``check_device_name``
+    already refuses a CPU slug that is not this CPU's)."""
+    if fake or kind == "cpu":
         return
-    if kind == "cpu":
-        from profilers.environment import cpu_slug
+    from profilers.run import _check_gpu_is
 
-        here = cpu_slug()
-        if device != here:
-            raise AnyshapeError(f"--device {device} is not this machine (this CPU is {here}); calibrate runs on the device it calibrates")
-    else:
-        from profilers.run import _check_gpu_is
-
-        _check_gpu_is(device)
+    _check_gpu_is(device)
 
 
 def _candidate_priors(device: str, runtime: str, model: str, spec: Any, kind: str, root: Path, name: str, prior: str) -> list[Any]:
@@ -733,16 +727,17 @@ def _no_prior_message(device: str, runtime: str, model: str, root: Path, name: s
 
 
 def _default_workloads(prior: Any, spec: Any) -> list[Workload]:
+    """The workloads the prior's table has whole-model rows of (prefill first); for a roofline, the ARCHITECTURE defaults."""
     from nas.predictor.model import row_workload
 
     recipe = getattr(prior, "recipe", None)
-    if recipe is not None:
+    if recipe is not None:  # once per calibration: the table's whole-model rows name its workloads
         from profilers.tables import load_table
 
         rows = load_table(recipe.table, check_software=False).rows
-        found = sorted({row_workload(r) for r in rows if r["block"] == "whole-model"}, key=lambda w: w.name)
+        found = {row_workload(r) for r in rows if r["block"] == "whole-model"}
         if found:
-            return sorted(found, key=lambda w: (w.phase != "prefill", w.name))  # prefill first
+            return sorted(found, key=lambda w: (w.phase != "prefill", w.name))
     if spec.family.kind == "decoder":
         return [Workload("prefill", 1, 128), Workload("decode", 1, 128)]
     return [Workload()]
