@@ -87,7 +87,7 @@ def train_supernet(
     if supernet.adapters is not None:
         raise AnyshapeError(f"supernet {supernet_dir} is already trained ({supernet.adapters.get('mode')}); "
                             "train from the untrained supernet it came from")
-    rank, world, device = distributed()
+    rank, world, device, joined = distributed()
     torch.manual_seed(config.seed)
     net, family = load_model(source)
     for p in net.parameters():
@@ -144,11 +144,13 @@ def train_supernet(
                 bar.close()
         if world > 1:
             check_in_sync(smol)
+        leave_process_group(joined)
         if stop_after is not None and steps_done < config.steps:
             if rank == 0:
                 save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise)
             return TrainResult(out=None, seconds=time.perf_counter() - start, steps=steps_done, losses=losses)
         smol.eval()
+    leave_process_group(joined)
     train_seconds = time.perf_counter() - start
 
     result = TrainResult(out=None, seconds=train_seconds, steps=steps_done, losses=losses)
@@ -179,21 +181,39 @@ def train_supernet(
 
 
 # ---- processes -------------------------------------------------------------------------------
-def distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process; joins the process group under torchrun / accelerate."""
+def distributed() -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, joined) of this process; joins the process group under torchrun.
+
+    ``joined`` says this call started the group (so the run ends it); a group the caller set up
+    (accelerate, a launcher of its own) is left as it was.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     if world <= 1:
-        return 0, 1, device
+        return 0, 1, device, False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+    return dist.get_rank(), dist.get_world_size(), device, joined
+
+
+def leave_process_group(joined: bool) -> None:
+    """End the process group this run joined, once the ranks are done talking (else a no-op).
+
+    A rank that exits with the group alive aborts in gloo's teardown ("terminate called without an
+    active exception") while rank 0 is still evaluating; leaving first makes the exit clean.
+    """
+    import torch.distributed as dist
+
+    if joined and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_gradients(smol: SMoL, world: int) -> None:
