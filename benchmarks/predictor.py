@@ -67,7 +67,7 @@ def holdout_for(table_path: Path, start: float, want: int) -> float:
 def pass_noise(table_path: Path) -> float | None:
     """Median over the whole-model points of (slowest pass / fastest pass - 1), where the table kept its passes."""
     meta = json.loads((table_path.parent / "meta.json").read_text())["tables"][table_path.stem]
-    by_point = (meta.get("passes") or {}).get("p50_by_point") or {}
+    by_point = (meta.get("passes") or {}).get("values_by_point") or {}
     if not by_point:
         return None
     values = [max(v) / min(v) - 1.0 for k, v in by_point.items() if k.startswith("whole-model")]

@@ -5,9 +5,10 @@
 
 The summary reads each table's meta.json: build time (sum of its run segments, so a resumed
 run counts only measuring time), rows, file size, background CPU load while measuring, and for
-measured tables the reference probe's p10-p90 over the run, how far the slowest of the passes
-was from the fastest (median over points), and the median roofline / measured ratio on this CPU (roofs: the copy/read memory
-bandwidth and fp32 GEMM rate measured at the start of the run).
+measured tables the protocol, how much the host's speed wandered over the run (meta.json
+load.speed_spread), how far the slowest of the passes was from the fastest (median over points),
+and the median roofline / measured ratio on this CPU (roofs: the copy/read memory bandwidth and
+fp32 GEMM rate measured at the start of the run).
 """
 
 from __future__ import annotations
@@ -23,28 +24,26 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 
 #: table name -> (--model, extra arguments per runtime): enough whole-model shapes for a predictor
-#: (~80 to fit, ~50 held out) where a table builds in reasonable time on 2 cores. ONNX Runtime
-#: exports every whole Qwen2.5-0.5B shape (10-50 s each, and 0.1-2 GB: too big to keep for a
-#: second pass), so that table has 80 shapes (the first 80 of the torch table's 120: same seed)
-#: measured in 5 staggered passes (each graph exported once, its session kept for its passes;
-#: the Zen 5 table had 7 with prefill probe-scaled), with ORT's spinning off. Every table anchors
-#: every phase it has (--anchor, --anchor-prefill: each sample timed beside a fixed mid-size step, kept
-#: loaded): on a noisy VM probe-scaled torch tables scored 35-79 % within 10 %, anchored 100 %
-#: (docs/PROFILING.md, protocol item 5).
-MINILM_GRID = '{"whole_model_samples": 130, "whole_model_ffn_steps": 32}'
+#: (~80 to fit, ~50 held out) at each phase's first workload (batch 1, 128 tokens), and 12 of the
+#: same shapes at every other batch and length (the predictor learns those from batch and length
+#: beside their block rows). MiniLM and the reference decoder have 512 positions: lengths up to
+#: 512. ONNX Runtime exports every whole Qwen2.5-0.5B shape (10-50 s each, and 0.1-2 GB: too big
+#: to keep for a second pass), so that table has 80 shapes measured in staggered passes
+#: (benchmarks/staggered.yaml). Every table uses the shared-vm preset: each sample timed beside a
+#: fixed mid-size step of its workload (docs/PROFILING.md).
+HERE = Path(__file__).resolve().parent
+MINILM_GRID = ('{"whole_model_samples": 130, "whole_model_ffn_steps": 32, "batch": [1, 4, 8], "seq_len": [128, 512], '
+               '"other_workload_samples": 12}')
+DECODER_GRID = ('{"whole_model_samples": 130, "batch": [1, 4], "seq_len": [128, 512], "context_len": [128, 511], '
+                '"other_workload_samples": 12}')
+SHARED_VM = ["--protocol", "shared-vm"]
 MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
-    "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, "--rounds", "5", "--anchor-prefill"],
-                          "onnxruntime": ["--grid", MINILM_GRID, "--rounds", "5", "--no-spinning", "--anchor-prefill"]}),
-    "ref-llama-12l": (
-        "ref-decoder",
-        {"torch": ["--grid", '{"whole_model_samples": 130}', "--rounds", "9", "--anchor", "--anchor-prefill"],
-         "onnxruntime": ["--grid", '{"whole_model_samples": 130}', "--rounds", "9", "--no-spinning", "--anchor", "--anchor-prefill"]},
-    ),
+    "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, *SHARED_VM], "onnxruntime": ["--grid", MINILM_GRID, *SHARED_VM]}),
+    "ref-llama-12l": ("ref-decoder", {"torch": ["--grid", DECODER_GRID, *SHARED_VM], "onnxruntime": ["--grid", DECODER_GRID, *SHARED_VM]}),
     "qwen2.5-0.5b": (
         "qwen2.5-0.5b",
-        {"torch": ["--grid", '{"whole_model_samples": 120}', "--rounds", "3", "--anchor", "--anchor-prefill"],
-         "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--rounds", "5", "--stagger", "--no-spinning", "--anchor",
-                         "--anchor-prefill"]},
+        {"torch": ["--grid", '{"whole_model_samples": 120}', *SHARED_VM],
+         "onnxruntime": ["--grid", '{"whole_model_samples": 80, "head_pairs": 7}', "--protocol", str(HERE / "staggered.yaml")]},
     ),
 }
 ESTIMATED_DEVICES = ("a5000", "jetson-agx-orin-64gb", "jetson-orin-nano-8gb")
@@ -89,7 +88,7 @@ def summary(out: str) -> list[dict[str, object]]:
         row: dict[str, object] = {k: info[k] for k in ("device", "runtime", "name", "source", "rows")}
         row["size_kb"] = round(int(info["size_bytes"]) / 1024, 1)
         row["build_s"] = row["load"] = row["roofline/measured"] = row["decode"] = row["prefill"] = "-"
-        row["probe_p10_p90"] = row["pass_spread"] = "-"
+        row["protocol"] = row["speed_spread"] = row["pass_spread"] = "-"
         try:
             table = load_table(info["path"], check_software=False)
         except Exception as e:  # show the table as broken, keep going
@@ -98,18 +97,16 @@ def summary(out: str) -> list[dict[str, object]]:
             continue
         meta = table.meta
         if table.source == "measured":
-            row["build_s"] = meta.get("build_seconds")
-            row["load"] = meta.get("load", {}).get("background_cpu_share")
-            probe = (meta.get("reference") or {}).get("probe_ms_p10_p90")
-            if probe:
-                row["probe_p10_p90"] = f"{probe[0]:.3g}-{probe[1]:.3g} ms"
-            passes = meta.get("passes") or {}
-            if passes:
-                row["pass_spread"] = f"{passes['rounds']}x: {passes['slowest_over_fastest_median']:.1%}"
-            bandwidth = meta.get("memory_bandwidth", {}).get("bound_gb_s")
-            gflops = meta.get("matmul_gflops")
+            row["build_s"] = meta.build_seconds
+            row["load"] = meta.load.get("background_cpu_share")
+            row["protocol"] = meta.protocol.name if meta.protocol else "-"
+            if meta.load.get("speed_spread") is not None:
+                row["speed_spread"] = f"{float(meta.load['speed_spread']):.1%}"
+            if meta.passes:
+                row["pass_spread"] = f"{meta.passes['rounds']}x: {meta.passes['slowest_over_fastest_median']:.1%}"
+            bandwidth, gflops = meta.bandwidth_gb_s, meta.matmul_gflops
             if bandwidth and gflops:
-                spec = resolve_model_spec(str(meta["model"]))  # the table's own model (alias, config or path)
+                spec = resolve_model_spec(meta.model)  # the table's own model (alias, config or path)
                 r = ratios(table, ModelDims.from_config(spec.family, spec.config), float(bandwidth), float(gflops))
                 row["roofline/measured"] = round(r["all"], 3)
                 for phase in ("decode", "prefill"):

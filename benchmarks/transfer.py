@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {runtime}/{name} | - | {t['device']} | not a prior: {e} | | | | | | |")
         for target in members:
             table = load_table(target["path"], check_software=False)
-            gflops = float(table.meta.get("matmul_gflops") or 0)
-            bandwidth = float((table.meta.get("memory_bandwidth") or {}).get("bound_gb_s") or 0)
+            gflops, bandwidth = float(table.meta.matmul_gflops or 0), table.meta.bandwidth_gb_s
             candidates = {d: p for d, p in priors.items() if d != target["device"]}
             if gflops and bandwidth:
                 candidates["roofline"] = RooflinePrior.for_cpu(dict(spec.config), bandwidth, gflops, target["device"])

@@ -95,7 +95,9 @@ def run_quickstart(
     seconds["supernet"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tables_root, table_name, prior = _table(model, device, runtime, Path(tables), out, say)
+    from profilers.tables import find_tables_root
+
+    tables_root, table_name, prior = _table(model, device, runtime, find_tables_root(tables), out, say)
     seconds["table"] = time.perf_counter() - t
     t = time.perf_counter()
     calibration = calibrate(device, runtime, model, tables_root=tables_root, table=table_name, prior=prior, workloads=[workload],
@@ -148,7 +150,7 @@ def run_quickstart(
 
     source = resolve_model(model)
     _, family = load_model(source)
-    full_measured = measure_latency(source, family, full, workload, runtime, "cpu", live_protocol(), middle=True)
+    full_measured = measure_latency(source, family, full, workload, runtime, "cpu", live_protocol())
     seconds["verify"] = time.perf_counter() - t
     return QuickstartResult(
         out=out, device=device, runtime=runtime, workload=workload.name, budget_ms=budget_ms, supernet=supernet_dir,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,10 @@ class VerifyResult:
     seconds: float
     checkpoint: Path | None = None
     notes: list[str] = field(default_factory=list)
-    #: The measurement at the machine speed the table was measured at (its reference probe, or for
-    #: anchored decode tables its anchor: :class:`TableSpeedRule`), the like-for-like number to set
-    #: beside the prediction on a shared machine; None without a probe or anchor.
+    #: The measurement as the prediction's table holds its rows (its
+    #: :class:`profilers.protocol.MeasurementModel`: an anchored table's ratio to the anchor times
+    #: the anchor's median over the table's run), the like-for-like number to set beside an
+    #: uncalibrated prediction on a shared machine; None where the table's rows are raw times.
     measured_latency_ms_table_speed: float | None = None
     #: The prediction was calibrated to this machine (``anyshape calibrate``): compare it with the raw measurement.
     calibrated: bool = False
@@ -77,7 +78,6 @@ def verify(
     from nas.supernet.calibration import CalibrationConfig, prepare_data
     from nas.supernet.cut import extract_from_supernet, load_supernet_for
     from nas.supernet.evaluate import SubnetEvaluator
-    from profilers.cost import ModelDims, block_cost
     from profilers.devices import check_device_name
     from profilers.workload import anchor_point
 
@@ -104,20 +104,15 @@ def verify(
             measured_accuracy = evaluator.score_model(extracted).metrics[metric]
         del base, extracted
         point = whole_model_point(shape, workload)
-        cost = asdict(block_cost(ModelDims.from_config(family, source_model.config_dict()), point))
         anchor = anchor_point(family.space(source_model.config_dict()), point).key
         predicted_entry = dict((config.objectives.get("latency") or {}).get(key) or {})
         calibrated = bool(predicted_entry.get("calibrated"))
-        if calibrated:  # calibrated to this machine's raw speed: measure it the way the calibration did
-            from profilers.protocol import live_protocol
-
-            rule = None
-            measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol or live_protocol(), middle=True)
-        else:
-            rule = _table_speed_rule(predicted_entry.get("table") or source, predicted_entry.get("tables_root") or tables_root,
-                                     cost, anchor)
-            measurement = measure_latency(source_model, family, shape, workload, runtime, kind, protocol or _protocol_like(rule),
-                                          compute_share=rule.share if rule else 1.0)
+        # calibrated to this machine's raw speed: measured the way the calibration was (the live preset);
+        # else the way the prediction's table was (its protocol), and expressed as its rows are
+        model = live_model() if calibrated else table_model(predicted_entry.get("table") or source,
+                                                            predicted_entry.get("tables_root") or tables_root)
+        measure_with = protocol or model.protocol
+        measurement = measure_latency(source_model, family, shape, workload, runtime, kind, measure_with)
 
     objectives = _deep_copy(config.objectives)
     accuracy = objectives.setdefault("accuracy", {})
@@ -132,15 +127,13 @@ def verify(
         measured_repeats=measurement.repeats,
         measured_noisy=bool(measurement.noisy),
         measured_on=time.strftime("%Y-%m-%d"),
-        measured_protocol="live (raw, median of passes)" if calibrated else "the table's",
+        measured_protocol=measure_with.name,
     )
-    table_speed = rule.at_table_speed(measurement) if rule else None
-    if table_speed is not None:
+    table_speed = None
+    if model.protocol.anchored and measurement.anchor_ratio is not None and anchor in model.baselines:
+        table_speed = model.at_table_speed(measurement, anchor)
         entry["measured_ms_table_speed"] = round(table_speed, 4)
-        if rule is not None and rule.anchor is not None:
-            entry["measured_anchor_ratio"] = round(float(measurement.anchor_ratio), 6)
-        else:
-            entry["measured_reference_ms"] = round(float(measurement.reference_ms), 5)
+        entry["measured_anchor_ratio"] = round(float(measurement.anchor_ratio), 6)
     updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)
     updated.save(config_path)
     study_updated = _write_to_study(objectives, storage, Path(studies_dir), measured_accuracy, measurement.latency_ms_p50)
@@ -164,82 +157,33 @@ def verify(
     )
 
 
-@dataclass(frozen=True)
-class TableSpeedRule:
-    """How the prediction's table took the machine's moment out of its rows, for verify to do the same.
+def live_model() -> Any:
+    """The measurement model of the ``live`` preset (raw time): what ``anyshape calibrate`` measured."""
+    from profilers.protocol import MeasurementModel, live_protocol
 
-    Probed tables: ``p50 * (baseline_ms / probe) ** share`` (``share``: the shape's compute share on
-    the table's roofs, 1 for tables that scaled every row in full). Anchored rows (``anchor``:
-    the anchor point's key): ``ratio * baseline_ms``, the measurement's median ratio to the same
-    anchor times the anchor's median over the table's run. ``spinning`` and ``min_sample_ms``: the
-    table's ONNX Runtime setting and sample length, which verify takes so that it times the shape
-    as the table did (20 ms samples moved some small decode graphs' anchor ratios by 5-11 %).
+    return MeasurementModel(live_protocol())
+
+
+def table_model(source: str | None, tables_root: str | Path) -> Any:
+    """The measurement model of the prediction's table (``source``: its label ``device/runtime/name (measured)``).
+
+    Built from the table's meta (:meth:`profilers.tables.TableMeta.measurement_model`), the object
+    the profiler wrote its rows with; the ``quiet`` preset (raw time) where there is no measured table.
     """
+    from profilers.protocol import MeasurementModel, load_protocol
+    from profilers.tables import find_tables_root, table_csv_path, table_meta
 
-    baseline_ms: float
-    share: float = 1.0
-    anchor: str | None = None
-    spinning: bool = True
-    min_sample_ms: float = 2.0
-
-    def at_table_speed(self, measurement: Any) -> float | None:
-        """The measurement at the speed the table saw this machine; None where it lacks the probe or the anchor."""
-        if self.anchor is not None:
-            ratio = measurement.anchor_ratio
-            return None if ratio is None else float(ratio * self.baseline_ms)
-        if measurement.reference_ms is None:
-            return None
-        return float(measurement.latency_ms_p50 * (self.baseline_ms / measurement.reference_ms) ** self.share)
-
-
-def _protocol_like(rule: TableSpeedRule | None) -> Any:
-    """The default protocol, probed or anchored the way the prediction's table was (None: the plain default)."""
-    from profilers.protocol import ProtocolConfig
-
-    if rule is None:
-        return None
-    anchored = rule.anchor is not None
-    return ProtocolConfig(spinning=rule.spinning, anchor=anchored, anchor_prefill=anchored, min_sample_ms=rule.min_sample_ms)
-
-
-def _table_speed_rule(source: str | None, tables_root: str | Path, cost: dict[str, float],
-                      anchor: str | None = None) -> TableSpeedRule | None:
-    """The prediction's table's rule (:class:`TableSpeedRule`) for a shape of cost ``cost``.
-
-    ``anchor`` is the key of the anchor the shape's workload is timed beside (``profilers.workload.anchor_point``):
-    where the table anchored its rows of that phase to it, the rule is the anchor's. Else the table's
-    reference probe, with the shape's compute share on the table's roofs (verify also judges its
-    passes by it). ``source`` is the table's label (``device/runtime/name (measured)``); None where
-    the table, or both its anchor and its baseline, are missing.
-    """
-    from profilers.environment import l3_cache_bytes
-    from profilers.run import compute_share, table_roofs
-    from profilers.tables import read_meta
-
-    if not source:
-        return None
-    parts = source.split(" ")[0].split("/")
-    if len(parts) != 3:
-        return None
-    device, runtime, name = parts
-    try:
-        meta = read_meta(Path(tables_root) / device / runtime)
-    except AnyshapeError:
-        return None
-    table = (meta.get("tables") or {}).get(name) or {}
-    protocol = table.get("protocol") or {}
-    spinning, min_sample_ms = bool(protocol.get("spinning", True)), float(protocol.get("min_sample_ms", 2.0))
-    anchors = (table.get("anchor") or {}).get("baseline_ms") or {}
-    if anchor is not None and anchors.get(anchor):
-        return TableSpeedRule(float(anchors[anchor]), anchor=anchor, spinning=spinning, min_sample_ms=min_sample_ms)
-    reference = table.get("reference") or {}
-    baseline = reference.get("baseline_ms")
-    if not baseline:
-        return None
-    share = 1.0
-    if "compute_share_by_point" in reference:
-        share = compute_share(cost, *table_roofs(table), l3_cache_bytes())
-    return TableSpeedRule(float(baseline), share, spinning=spinning, min_sample_ms=min_sample_ms)
+    tables_root = find_tables_root(tables_root)
+    parts = (source or "").split(" ")[0].split("/")
+    if len(parts) == 3:
+        try:
+            meta = table_meta(table_csv_path(tables_root, *parts))
+        except AnyshapeError:
+            meta = None
+        model = meta.measurement_model() if meta is not None else None
+        if model is not None:
+            return model
+    return MeasurementModel(load_protocol("quiet"))
 
 
 def _latency_entry(config: SubnetConfig, device: str, runtime: str) -> tuple[str, Workload, float | None, str | None]:
@@ -263,24 +207,21 @@ def whole_model_point(shape: Any, workload: Workload) -> Any:
     return point(shape, workload)
 
 
-def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any,
-                    compute_share: float = 1.0, *, middle: bool = False) -> Any:
-    """Whole-model latency of ``shape`` for ``workload``, with the profilers' runtime and protocol, on this device.
+def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any) -> Any:
+    """Whole-model latency of ``shape`` for ``workload``, with the profilers' runtime and ``protocol``, on this device.
 
-    ``compute_share``: how the passes are judged (``profilers.protocol.kept_pass``), as a table judges its rows';
-    ``middle``: keep the middle pass (:func:`profilers.protocol.live_protocol` measurements).
+    ``protocol.rounds`` passes on one built model, the middle one kept (the raw p50 judged, or
+    the ratio to the workload's anchor where the protocol anchors).
     """
     from profilers.blocks import ModelSpec
-    from profilers.protocol import ProtocolConfig
     from profilers.run import make_profiler
 
-    protocol = protocol or ProtocolConfig()
     profiler = make_profiler(runtime, kind, protocol)  # type: ignore[arg-type]
     profiler.check_available()
     spec = ModelSpec(Path(str(source.path)).name, family, source.config_dict())
     profiler.setup()
     try:
-        return profiler.measure_rounds(spec, whole_model_point(shape, workload), compute_share, middle=middle)
+        return profiler.measure_rounds(spec, whole_model_point(shape, workload))
     finally:
         profiler.teardown()
 

@@ -8,11 +8,10 @@ one line in :data:`profilers.PROFILERS`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from profilers.blocks import ModelSpec
-from profilers.protocol import Anchor, Measurement, ProtocolConfig, ReferenceProbe, RunFn, calibrate, kept_pass, measure
+from profilers.protocol import Anchor, Measurement, ProtocolConfig, RunFn, calibrate, measure, median_pass
 from profilers.workload import BlockPoint, anchor_point
 
 DeviceKind = Literal["cpu", "cuda"]
@@ -28,18 +27,10 @@ class BaseProfiler(ABC):
     runtime: ClassVar[str]
     #: The package whose version must match when a table of this runtime is loaded.
     version_package: ClassVar[str | None] = None
-    #: Whether a reference probe timed between samples measures the machine, not this runtime's
-    #: leftovers (ONNX Runtime's threads spin after each run and starve a probe timed right after).
-    probe_compatible: ClassVar[bool] = True
-    #: Whether the probe may run between an anchored point's samples. Where False, anchored points
-    #: time it before their warm-up (:func:`profilers.protocol.measure` ``probe_first``): their rows
-    #: scale by the anchor, and the probe only reports the host's speed.
-    probe_beside_samples: ClassVar[bool] = True
-
     def __init__(self, protocol: ProtocolConfig | None = None, device: DeviceKind = "cpu"):
         self.protocol = protocol or ProtocolConfig()
+        self.protocol.check_here()
         self.device: DeviceKind = device
-        self._probe: ReferenceProbe | None = None
         self._anchors: dict[str, Anchor] = {}  # anchor point key -> its loaded runner
 
     @abstractmethod
@@ -50,26 +41,13 @@ class BaseProfiler(ABC):
     def runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
         """``run(n)`` for ``point``: executes it ``n`` times and returns the elapsed milliseconds."""
 
-    def probe_usable(self) -> bool:
-        """Whether this runtime, as configured, leaves the CPU alone between runs (default: :attr:`probe_compatible`)."""
-        return self.probe_compatible
-
-    @property
-    def probe(self) -> Callable[[], float] | None:
-        """The reference matmul timed beside every sample (CPU with ``protocol.reference``), else None."""
-        if self.device != "cpu" or not self.protocol.reference or not self.probe_usable():
-            return None
-        if self._probe is None:
-            self._probe = ReferenceProbe(self.protocol.threads)
-        return self._probe
-
     def anchor_runner(self, spec: ModelSpec, point: BlockPoint) -> RunFn:
         """``run(n)`` for an anchor point, kept for the whole run (default: :meth:`runner`)."""
         return self.runner(spec, point)
 
     def anchor(self, spec: ModelSpec, point: BlockPoint) -> Anchor | None:
-        """The anchor ``point`` is timed beside (:meth:`ProtocolConfig.anchored` for its phase), built on first use; else None."""
-        if not self.protocol.anchored(point.phase):
+        """The anchor ``point`` is timed beside (``protocol.reference: anchor``), built on first use; else None."""
+        if not self.protocol.anchored:
             return None
         target = anchor_point(spec.family.space(spec.config), point)
         if target.key not in self._anchors:
@@ -78,18 +56,14 @@ class BaseProfiler(ABC):
         return self._anchors[target.key]
 
     def measure(self, spec: ModelSpec, point: BlockPoint) -> Measurement:
-        """One point, timed with the shared protocol (one pass; raw latencies plus ``reference_ms`` / anchor ratio)."""
-        anchor = self.anchor(spec, point)
-        return measure(self.runner(spec, point), self.protocol, self.probe, anchor, probe_first=not self.probe_beside_samples)
+        """One point, timed with the shared protocol (one pass; raw latencies plus the anchor ratio where anchored)."""
+        return measure(self.runner(spec, point), self.protocol, self.anchor(spec, point))
 
-    def measure_rounds(self, spec: ModelSpec, point: BlockPoint, compute_share: float = 1.0, *, middle: bool = False) -> Measurement:
-        """One point timed ``protocol.rounds`` times on one built block; the pass is kept by :func:`kept_pass`
-        (``middle``: the middle pass, as :func:`profilers.protocol.live_protocol` measurements keep)."""
+    def measure_rounds(self, spec: ModelSpec, point: BlockPoint) -> Measurement:
+        """One point timed ``protocol.rounds`` times on one built block, its middle pass kept (:func:`median_pass`)."""
         anchor = self.anchor(spec, point)
         run = self.runner(spec, point)
-        first = not self.probe_beside_samples
-        return kept_pass([measure(run, self.protocol, self.probe, anchor, probe_first=first) for _ in range(self.protocol.rounds)],
-                         compute_share, middle=middle)
+        return median_pass([measure(run, self.protocol, anchor) for _ in range(self.protocol.rounds)])
 
     def setup(self) -> None:
         """Apply the protocol's thread count before a run (and remember what to restore)."""

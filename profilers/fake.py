@@ -2,15 +2,14 @@
 
 Latency of a point = ``max(flops / compute, bytes / bandwidth) + overhead_ms``, times a noise
 factor drawn from a seeded generator (``noise_cv``; ``noisy_blocks`` get ``noisy_cv``), times a
-``slowdown`` of the whole machine at chosen points (the fake reference probe and the anchor slow
-down with it), or a ``memory_slowdown`` that the probe does not see (the anchor does).
+``slowdown`` of the whole machine at chosen points (the anchor slows down with it).
 It runs through the same protocol as the real profilers, so protocol tests use it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from nas.errors import AnyshapeError
@@ -38,7 +37,6 @@ class FakeProfiler(BaseProfiler):
         seed: int = 0,
         fail_after: int | None = None,
         slowdown: Mapping[int, float] | None = None,
-        memory_slowdown: Mapping[int, float] | None = None,
     ):
         super().__init__(protocol, device)
         if gflops <= 0 or bandwidth_gb_s <= 0 or overhead_ms < 0 or noise_cv < 0 or noisy_cv < 0:
@@ -49,18 +47,8 @@ class FakeProfiler(BaseProfiler):
         self.fail_after = fail_after  # raise KeyboardInterrupt on this many-th point (simulated kill)
         self.points_started = 0
         # point number (1-based, every pass counts) -> how much slower the whole machine runs
-        # then: its samples and the reference probe both slow down, like a burst of load
+        # then: its samples and the anchor both slow down, like a burst of load
         self.slowdown = dict(slowdown or {})
-        # the same, for a drift of the memory that the (compute) probe does not see: the samples and
-        # the anchor slow down, the probe does not
-        self.memory_slowdown = dict(memory_slowdown or {})
-
-    @property
-    def probe(self) -> Callable[[], float] | None:
-        """A fake reference probe: 1 ms times the machine's current slowdown."""
-        if self.device != "cpu" or not self.protocol.reference:
-            return None
-        return lambda: 1.0 * self.slowdown.get(self.points_started, 1.0)
 
     def check_available(self) -> None:
         if self.device == "cuda":
@@ -94,8 +82,8 @@ class FakeProfiler(BaseProfiler):
         return run
 
     def _slowdown(self) -> float:
-        """How much slower the machine runs the current point (both kinds of drift)."""
-        return self.slowdown.get(self.points_started, 1.0) * self.memory_slowdown.get(self.points_started, 1.0)
+        """How much slower the machine runs the current point."""
+        return self.slowdown.get(self.points_started, 1.0)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

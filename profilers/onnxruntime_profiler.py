@@ -33,22 +33,8 @@ class OnnxRuntimeProfiler(BaseProfiler):
 
     _builder: BlockBuilder | None = None
     _workdir: tempfile.TemporaryDirectory[str] | None = None
-    #: ORT's intra-op threads spin for a while after every run, so a matmul timed right after a
-    #: sample measured them (a 0.8 ms probe took 5-15 ms): with spinning on (ORT's default) ORT
-    #: tables rely on passes alone. ``protocol.spinning = False`` turns it off and the probe on
-    #: (MiniLM ran as fast, 34.2 vs 32.9-35.5 ms, and the probe read a steady 1.4-1.6 ms).
-    probe_compatible: ClassVar[bool] = False
-    #: The probe is a torch matmul: timed between an anchored decode step's samples, it slowed the
-    #: next one unevenly (reference decoder, Intel VM, 2026-11-30: a 12-layer step's ratio to its
-    #: anchor over 5 fresh sessions spread by 19.5 % with the probe between samples, 4.5 % with
-    #: it before them; the 9 passes of a table built that way spread by 39 %). Anchored rows time
-    #: it before their samples.
-    probe_beside_samples: ClassVar[bool] = False
     #: Most bytes of exported graphs kept on disk for later passes.
     export_cache_bytes: ClassVar[int] = 8 << 30
-
-    def probe_usable(self) -> bool:
-        return not self.protocol.spinning
 
     @property
     def provider(self) -> str:
@@ -64,9 +50,9 @@ class OnnxRuntimeProfiler(BaseProfiler):
                 f"CUDA was asked for but this onnxruntime {ort.__version__} has no {self.provider} "
                 f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a CUDA machine"
             )
-        if (self.protocol.anchor or self.protocol.anchor_prefill) and self.protocol.spinning and self.device == "cpu":
-            raise AnyshapeError("--anchor / --anchor-prefill on onnxruntime need --no-spinning: the measured session's spinning threads "
-                                "would slow the anchor timed right after it")
+        if self.protocol.anchored and self.protocol.spinning and self.device == "cpu":
+            raise AnyshapeError(f"protocol {self.protocol.name} anchors its points but lets ONNX Runtime's threads spin: the "
+                                "measured session's spinning threads would slow the anchor timed after it; set spinning: false")
 
     def setup(self) -> None:
         self._workdir = tempfile.TemporaryDirectory(prefix="anyshape-ort-")
@@ -162,7 +148,6 @@ class OnnxRuntimeProfiler(BaseProfiler):
         info = super().describe()
         info.update(onnxruntime=ort.__version__, provider=self.provider, graph_optimization="ORT_ENABLE_ALL",
                     intra_op_spinning=self.protocol.spinning,
-                    anchored_rows_probe="before the samples",
                     export="torch.onnx.export(dynamo=True), fixed shapes per point")
         return info
 

@@ -1,36 +1,25 @@
-"""The one measurement protocol every profiler uses.
+"""The one measurement model every profiler, ``verify``, ``calibrate`` and the predictor share.
 
 A profiler hands :func:`measure` a ``run(n)`` callable that executes the block ``n`` times
-and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). The protocol:
+and returns the elapsed milliseconds (wall clock on CPU, CUDA events on GPU). How a point is
+timed is a named preset (:func:`load_protocol`: ``quiet``, ``shared-vm``, ``live`` or a YAML
+file), shipped as ``profilers/presets/<name>.yaml``:
 
-1. pins the process to ``pin_cpus`` if asked, and turns garbage collection off while timing;
-2. warms up (``warmup`` single calls) and picks ``calls_per_sample`` so that one sample lasts
-   at least ``min_sample_ms`` (timer resolution and call overhead stop mattering);
-3. takes up to ``repeats`` samples (at least ``min_repeats``; stops early once the point has
-   used ``max_point_seconds``) and reports p10 / p50 / p90 of the per-call latency;
-4. checks the coefficient of variation (std / mean) of the samples: above ``cv_threshold`` the
-   point is re-measured (up to ``max_remeasures`` more times); the attempt with the lowest CV is
-   kept and, if even that one is above the threshold, the point is flagged ``noisy``;
-5. a table run makes ``rounds`` passes over all its points and keeps, per point, its fastest
-   pass (:func:`fastest_round`; anchored points their middle pass, :func:`kept_pass`): a burst of load that inflates a pass of a point as a whole
-   (p10 included, which no statistic inside the pass can see) is dropped. With ``stagger`` a
-   point's passes come one point apart instead (:func:`pass_schedule`), so a runtime that must
-   rebuild a point for every pass (ONNX Runtime, graphs too big to keep on disk) keeps it
-   loaded. A single measurement (``anyshape verify``) repeats the point instead;
-6. on a CPU, with ``reference``, a fixed matmul (:class:`ReferenceProbe`) is timed after every
-   sample; a table scales the compute share of each point by ``baseline / reference``
-   (baseline: the median probe of the whole run, kept in meta.json; see
-   ``profilers.run.compute_share``) so that a slow or fast moment of a shared machine does not
-   end up in the table. Raw and scaled numbers are both kept;
-7. with ``anchor``, a decode step is timed beside a fixed decode step of the same workload (an
-   :class:`Anchor`, kept loaded for the whole run) after every sample: the row becomes the median
-   of the per-sample ratios times the anchor's median over the run. A memory-bound step drifts
-   with the machine's memory over minutes, which a matmul in cache does not follow and work of
-   the same kind does (see docs/PROFILING.md); prefill keeps the probe, unless
-   ``anchor_prefill``: then a prefill step is timed beside a fixed prefill step the same way.
-   On a noisy host (a VM whose reference probe spread 37-45 % over a run, which the probe's
-   scaling followed too loosely) that took the held-out torch prefill shapes from 75-79 % to 100 %
-   within 10 % (MiniLM, the reference decoder; docs/PROFILING.md).
+1. pin the process to ``pin_cpus`` if asked, and keep garbage collection off while timing;
+2. warm up (``warmup`` calls) and fold ``calls_per_sample`` calls into one sample so that it
+   lasts at least ``min_sample_ms`` (timer resolution and call overhead stop mattering);
+3. take up to ``repeats`` samples (at least ``min_repeats``; fewer once the point has used
+   ``max_point_seconds``) and report p10 / p50 / p90 of the per-call latency;
+4. a point whose samples spread more than ``cv_threshold`` (std / mean) is timed again (up to
+   ``max_remeasures`` more times); the steadiest attempt is kept, flagged ``noisy`` if still above;
+5. a table run makes ``rounds`` passes over its points (``stagger``: a point's passes one point
+   apart instead, for graphs too big to keep) and keeps each point's middle pass
+   (:func:`median_pass`);
+6. one speed reference, or none (``reference``). ``none``: the row is the raw time. ``anchor``:
+   a fixed whole-model step of the same workload (:func:`profilers.workload.anchor_point`) is
+   timed after every sample, and the row is the median of the per-sample ratios times the
+   anchor's median over the whole run. :class:`MeasurementModel` is that rule, built from a
+   table's meta by everyone who needs it; nothing else rescales a measurement.
 
 Thread counts are set by the profiler (torch / ONNX Runtime) from ``threads`` and recorded.
 """
@@ -42,8 +31,10 @@ import gc
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from nas.errors import AnyshapeError
@@ -53,8 +44,12 @@ RunFn = Callable[[int], float]
 
 #: Upper bound on calls folded into one sample (a 1 µs op at min_sample_ms=1 needs 1000).
 MAX_CALLS_PER_SAMPLE = 10_000
-#: Probe timings of an anchored point measured with ``probe_first`` (before its warm-up).
-PROBES_FIRST = 3
+#: The speed references a protocol may use.
+REFERENCES = ("none", "anchor")
+#: The preset ``anyshape profile`` uses when none is named.
+DEFAULT_PRESET = "quiet"
+#: The preset ``anyshape calibrate`` and ``verify`` (of a calibrated prediction) time whole models with.
+LIVE_PRESET = "live"
 
 
 def _default_threads() -> int:
@@ -63,8 +58,11 @@ def _default_threads() -> int:
 
 @dataclass(frozen=True)
 class ProtocolConfig:
-    """How every point is timed; recorded in meta.json and checked when a run resumes."""
+    """How every point is timed; recorded in a table's meta and checked when a run resumes."""
 
+    name: str = field(default="custom", metadata={"help": "the preset (or file) this protocol came from"})
+    reference: str = field(default="none", metadata={"help": "speed reference: none (raw time) | anchor (ratio to a fixed step)"})
+    rounds: int = field(default=3, metadata={"help": "passes over all points; each point keeps its middle pass"})
     threads: int = field(default_factory=_default_threads, metadata={"help": "intra-op threads (torch / ONNX Runtime)"})
     warmup: int = field(default=3, metadata={"help": "untimed calls before the samples"})
     repeats: int = field(default=15, metadata={"help": "most samples per point"})
@@ -73,35 +71,29 @@ class ProtocolConfig:
     min_sample_ms: float = field(default=2.0, metadata={"help": "fold calls into one sample until it lasts this long"})
     cv_threshold: float = field(default=0.10, metadata={"help": "a point with std/mean above this is re-measured"})
     max_remeasures: int = field(default=1, metadata={"help": "extra attempts for a noisy point before flagging it"})
-    rounds: int = field(default=3, metadata={"help": "passes over all points; a point keeps its fastest pass (drops bursts of load)"})
-    reference: bool = field(
-        default=True, metadata={"help": "CPU: time a fixed matmul beside the samples and scale every point to the run's typical speed"}
-    )
-    spinning: bool = field(
-        default=True,
-        metadata={"help": "ONNX Runtime: intra-op threads spin between runs (its default); off lets the reference probe run beside it"},
-    )
+    spinning: bool = field(default=True, metadata={"help": "ONNX Runtime: intra-op threads spin between runs (its default)"})
     stagger: bool = field(
         default=False,
-        metadata={"help": "measure each point's passes one point apart, its block kept loaded, instead of in whole passes "
-                          "over the table: for graphs too big to keep on disk for a later pass"},
-    )
-    anchor: bool = field(
-        default=False,
-        metadata={"help": "decode: time a fixed decode step of the same workload beside every sample and keep the ratio "
-                          "(follows the machine's memory drift, which the probe does not)"},
-    )
-    anchor_prefill: bool = field(
-        default=False,
-        metadata={"help": "prefill too: time a fixed prefill step of the same workload beside every sample and keep the "
-                          "ratio instead of scaling by the probe (for noisy hosts; builds took 1.25-1.3x as long)"},
+        metadata={"help": "a point's passes one point apart, its block kept loaded, instead of whole passes over the "
+                          "table: for graphs too big to keep on disk for a later pass"},
     )
     pin_cpus: tuple[int, ...] | None = field(default=None, metadata={"help": "CPUs to pin the process to (Linux)"})
 
     def __post_init__(self) -> None:
-        cores = os.cpu_count() or 1
-        if not 1 <= self.threads <= 4 * cores:
-            raise AnyshapeError(f"protocol.threads is {self.threads}; allowed range 1..{4 * cores} on this machine")
+        if not isinstance(self.name, str) or not self.name:
+            raise AnyshapeError(f"protocol.name is {self.name!r}; it must be a non-empty string")
+        if self.reference not in REFERENCES:
+            raise AnyshapeError(f"protocol.reference is {self.reference!r}; allowed: {', '.join(REFERENCES)}")
+        for name in ("threads", "warmup", "repeats", "min_repeats", "max_remeasures", "rounds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise AnyshapeError(f"protocol.{name} is {value!r}; it must be an integer")
+        for name in ("max_point_seconds", "min_sample_ms", "cv_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise AnyshapeError(f"protocol.{name} is {value!r}; it must be a number")
+        if self.threads < 1:
+            raise AnyshapeError(f"protocol.threads is {self.threads}; it must be >= 1")
         if self.warmup < 0:
             raise AnyshapeError(f"protocol.warmup is {self.warmup}; it must be >= 0")
         if self.min_repeats < 2:
@@ -118,17 +110,27 @@ class ProtocolConfig:
             raise AnyshapeError(f"protocol.max_remeasures is {self.max_remeasures}; it must be >= 0")
         if self.rounds < 1:
             raise AnyshapeError(f"protocol.rounds is {self.rounds}; it must be >= 1")
-        for name in ("reference", "spinning", "stagger", "anchor", "anchor_prefill"):
+        for name in ("spinning", "stagger"):
             if not isinstance(getattr(self, name), bool):
                 raise AnyshapeError(f"protocol.{name} is {getattr(self, name)!r}; it must be true or false")
         if self.pin_cpus is not None:
-            if not self.pin_cpus or any(not 0 <= c < cores for c in self.pin_cpus):
-                raise AnyshapeError(f"protocol.pin_cpus is {list(self.pin_cpus)}; CPUs must be in 0..{cores - 1}")
-            object.__setattr__(self, "pin_cpus", tuple(sorted(set(self.pin_cpus))))
+            pins = tuple(self.pin_cpus) if isinstance(self.pin_cpus, (list, tuple)) else None
+            if not pins or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in pins):
+                raise AnyshapeError(f"protocol.pin_cpus is {self.pin_cpus!r}; it must be a list of CPU numbers")
+            object.__setattr__(self, "pin_cpus", tuple(sorted(set(pins))))
 
-    def anchored(self, phase: str) -> bool:
-        """Whether points of ``phase`` are timed beside an anchor (``anchor``: decode, ``anchor_prefill``: prefill)."""
-        return self.anchor if phase == "decode" else self.anchor_prefill
+    def check_here(self) -> None:
+        """Refuse a thread count or CPU pins this machine cannot give (a table's record may come from a bigger one)."""
+        cores = os.cpu_count() or 1
+        if self.threads > 4 * cores:
+            raise AnyshapeError(f"protocol.threads is {self.threads}; allowed range 1..{4 * cores} on this machine")
+        if self.pin_cpus is not None and any(c >= cores for c in self.pin_cpus):
+            raise AnyshapeError(f"protocol.pin_cpus is {list(self.pin_cpus)}; CPUs must be in 0..{cores - 1} on this machine")
+
+    @property
+    def anchored(self) -> bool:
+        """Every point is timed beside its workload's anchor (``reference: anchor``)."""
+        return self.reference == "anchor"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -136,28 +138,81 @@ class ProtocolConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProtocolConfig:
-        known = {f for f in cls.__dataclass_fields__}
+    def from_dict(cls, data: Mapping[str, Any], where: str = "protocol") -> ProtocolConfig:
+        if not isinstance(data, Mapping):
+            raise AnyshapeError(f"{where} must be a mapping of protocol fields, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise AnyshapeError(f"protocol has unknown field(s) {unknown}; allowed: {', '.join(sorted(known))}")
-        data = dict(data)
-        if data.get("pin_cpus") is not None:
-            data["pin_cpus"] = tuple(data["pin_cpus"])
-        return cls(**data)
+            raise AnyshapeError(f"{where} has unknown field(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    """The shipped presets (``profilers/presets/*.yaml``), sorted."""
+    folder = resources.files("profilers").joinpath("presets")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_text(name: str) -> str:
+    """The YAML text of a shipped preset (its header says which command uses it)."""
+    if name not in preset_names():
+        raise AnyshapeError(f"unknown protocol preset {name!r}; choose {', '.join(preset_names())} or give a YAML file")
+    return resources.files("profilers").joinpath("presets", f"{name}.yaml").read_text()
+
+
+def load_protocol(spec: str | ProtocolConfig | None = None, **overrides: Any) -> ProtocolConfig:
+    """A protocol from a preset name (``quiet``, ``shared-vm``, ``live``) or a YAML / JSON file.
+
+    A file holds protocol fields; ``extends: <preset>`` starts from that preset (default
+    ``quiet``), so a file needs only what it changes. ``overrides`` (``threads``, ``pin_cpus``:
+    the machine's, not the preset's) win over both; None values are ignored.
+    """
+    import yaml
+
+    if isinstance(spec, ProtocolConfig):
+        base = spec.to_dict()
+    else:
+        spec = spec or DEFAULT_PRESET
+        if spec in preset_names():
+            base = {**_parse_preset(preset_text(spec), f"protocol preset {spec}"), "name": spec}
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise AnyshapeError(f"--protocol {spec}: no such preset or file; presets: {', '.join(preset_names())}")
+            try:
+                data = yaml.safe_load(path.read_text())
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise AnyshapeError(f"cannot read protocol file {path}: {first}") from None
+            if not isinstance(data, dict):
+                raise AnyshapeError(f"protocol file {path} must hold a mapping of protocol fields (reference, rounds, ...)")
+            parent = str(data.pop("extends", DEFAULT_PRESET))
+            if parent not in preset_names():
+                raise AnyshapeError(f"protocol file {path}: extends {parent!r}; presets: {', '.join(preset_names())}")
+            base = {**_parse_preset(preset_text(parent), f"protocol preset {parent}"), **data, "name": str(data.get("name") or path.name)}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return ProtocolConfig.from_dict(base, where=f"protocol {base.get('name')}")
+
+
+def _parse_preset(text: str, where: str) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise AnyshapeError(f"{where} must hold a mapping of protocol fields")
+    return data
 
 
 def live_protocol(**overrides: Any) -> ProtocolConfig:
-    """How ``anyshape calibrate`` and ``verify`` (of a calibrated prediction) time a whole model: what a user sees.
+    """The ``live`` preset: how ``anyshape calibrate`` and ``verify`` (of a calibrated prediction) time a whole model."""
+    return load_protocol(LIVE_PRESET, **overrides)
 
-    Raw wall-clock time, no reference probe and no anchor (nothing rescales it), and ``rounds``
-    passes whose median is kept: calibrate interleaves its shapes' passes
-    (:func:`nas.predictor.calibration.measure_interleaved`), verify times one built model that
-    many times (:meth:`profilers._base.BaseProfiler.measure_rounds` with ``middle=True``). On a
-    shared VM a pass lasts under a second and the machine's speed moves by 10-20 % over seconds;
-    five passes let the median span several of those moments.
-    """
-    return ProtocolConfig(**{"reference": False, "rounds": 5, **overrides})
+
+# --------------------------------------------------------------------------- measurements
 
 
 @dataclass(frozen=True)
@@ -172,17 +227,65 @@ class Measurement:
     noisy: bool
     calls_per_sample: int
     attempts: int
-    #: Median time of the reference matmul probed between this point's samples (None: no probe).
-    reference_ms: float | None = None
     #: Median per-call time of the workload's anchor timed after each sample (None: not anchored).
     anchor_ms: float | None = None
     #: Median of the per-sample ratios ``sample / anchor`` (per call): the point's time in anchor steps.
     anchor_ratio: float | None = None
 
     def scaled(self, factor: float) -> Measurement:
-        """The same measurement with its latencies multiplied by ``factor`` (speed normalisation)."""
+        """The same measurement with its latencies multiplied by ``factor``."""
         return replace(self, latency_ms_p10=self.latency_ms_p10 * factor, latency_ms_p50=self.latency_ms_p50 * factor,
                        latency_ms_p90=self.latency_ms_p90 * factor)
+
+    @property
+    def judged(self) -> float:
+        """What passes are ordered by: the anchor ratio where anchored, else the raw p50."""
+        return self.anchor_ratio if self.anchor_ratio is not None else self.latency_ms_p50
+
+
+@dataclass(frozen=True)
+class MeasurementModel:
+    """How a table's rows relate to a stopwatch: the one rule, built from the table's meta by everyone.
+
+    ``protocol`` is how the table's points were timed (verify times a shape the same way);
+    ``baselines`` (``reference: anchor``) the median time of each anchor over the table's run,
+    by anchor point key. A row is :meth:`row` of a point's kept pass; :meth:`at_table_speed` is
+    the same number for a measurement taken later (``anyshape verify``), comparable with a
+    prediction from the table. With ``reference: none`` both are the raw time.
+    """
+
+    protocol: ProtocolConfig
+    baselines: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.protocol.anchored and not self.baselines:
+            raise AnyshapeError("an anchored measurement model needs the anchors' baselines (meta.json measurement.baseline_ms)")
+        if not self.protocol.anchored and self.baselines:
+            raise AnyshapeError(f"protocol {self.protocol.name} has reference none, yet anchor baselines were given")
+        bad = [k for k, v in self.baselines.items() if not (isinstance(v, (int, float)) and v > 0)]
+        if bad:
+            raise AnyshapeError(f"anchor baseline of {bad[0]} is {self.baselines[bad[0]]!r}; it must be a positive number")
+
+    def row(self, m: Measurement, anchor: str | None = None) -> Measurement:
+        """``m`` as a table row holds it: raw, or ``ratio * baseline[anchor]`` (p10 and p90 move with p50)."""
+        if not self.protocol.anchored:
+            return m
+        if anchor is None or anchor not in self.baselines or m.anchor_ratio is None:
+            raise AnyshapeError(f"protocol {self.protocol.name} anchors every point, but this measurement has no "
+                                f"ratio to anchor {anchor!r} of the table")
+        return m.scaled(m.anchor_ratio * self.baselines[anchor] / m.latency_ms_p50)
+
+    def at_table_speed(self, m: Measurement, anchor: str | None = None) -> float:
+        """``m``'s p50 as the table would hold it (the number to set beside the table's prediction)."""
+        return self.row(m, anchor).latency_ms_p50
+
+    def describe(self) -> str:
+        if self.protocol.anchored:
+            return f"{self.protocol.name}: rows = median ratio to the workload's anchor x the anchor's median over the run"
+        return f"{self.protocol.name}: rows = raw time, middle of {self.protocol.rounds} passes"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.protocol.reference, "baseline_ms": {k: round(float(v), 6) for k, v in sorted(self.baselines.items())}}
 
 
 @dataclass(frozen=True)
@@ -200,55 +303,6 @@ class Anchor:
     def __call__(self) -> float:
         """Per-call milliseconds of one timing."""
         return self.run(self.calls) / self.calls
-
-
-class ReferenceProbe:
-    """A fixed fp32 matmul, timed between a point's samples: how fast is this machine right now?
-
-    On shared virtual machines the whole CPU slows down and speeds up by 10-20 % over seconds
-    (another tenant, the host's clock), which no number of samples of one point averages out.
-    Every op slows down together, though, so ``latency * baseline / reference`` is steady: on the
-    2-core EPYC VM the spread of a MiniLM forward pass over 25 s fell from 7 % to under 2 % (see
-    docs/PROFILING.md). The kernel is fixed (``SIZE``), never tuned to the machine, so a table and a
-    later ``anyshape verify`` on the same machine probe the same work.
-
-    The matmul runs once untimed before the timed call, so the probe times the machine and not
-    the state the sample left it in: right after a whole Qwen2.5-0.5B decode step (2 GB of
-    weights streamed through the caches) a cold probe read 0.98 ms against 0.73 ms warm, and
-    after a small attention block 0.76 against 0.73 (median of 40, 2-core EPYC VM). A cold probe
-    scaled big points down by up to a third, more the more memory they touched.
-    """
-
-    SIZE = (256, 512, 512)  # (m, k, n): about 0.13 GFLOP, 0.72-1.05 ms (p10-p90) on the 2-core EPYC VM
-
-    def __init__(self, threads: int) -> None:
-        import torch
-
-        self.threads = threads
-        m, k, n = self.SIZE
-        gen = torch.Generator().manual_seed(0)
-        self._a = torch.randn(m, k, generator=gen)
-        self._b = torch.randn(k, n, generator=gen)
-        self._out = torch.empty(m, n)
-
-    def __call__(self) -> float:
-        import torch
-
-        before = torch.get_num_threads()
-        if before != self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            torch.mm(self._a, self._b, out=self._out)  # warm: operands in cache, threads awake
-            start = time.perf_counter_ns()
-            torch.mm(self._a, self._b, out=self._out)
-            return (time.perf_counter_ns() - start) / 1e6
-        finally:
-            if before != self.threads:
-                torch.set_num_threads(before)
-
-    def describe(self) -> dict[str, Any]:
-        m, k, n = self.SIZE
-        return {"kernel": f"torch.mm fp32 ({m}x{k}) @ ({k}x{n})", "threads": self.threads, "warm": True}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -275,39 +329,28 @@ def coefficient_of_variation(values: Sequence[float]) -> float:
     return math.sqrt(var) / mean
 
 
-def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | None = None,
-            anchor: Callable[[], float] | None = None, *, probe_first: bool = False) -> Measurement:
+def measure(run: RunFn, config: ProtocolConfig, anchor: Callable[[], float] | None = None) -> Measurement:
     """Time one point with the protocol above; ``run(n)`` returns elapsed ms for ``n`` calls.
 
-    With a ``probe`` (a :class:`ReferenceProbe`), the probe runs once after every sample and its
-    median is returned as ``reference_ms``; with an ``anchor`` (an :class:`Anchor`: per-call ms of
-    one timing), it is timed after every sample too, and ``anchor_ms`` and ``anchor_ratio`` (the
-    median of ``sample / anchor``) come back. The latencies themselves are left raw. The attempt
-    kept is judged by the CV of the ratios where anchored (the anchor takes the drift out).
-
-    ``probe_first`` (anchored points only) times the probe :data:`PROBES_FIRST` times before the
-    warm-up instead of between the samples: the anchor is the row's speed reference, the probe
-    then only reports the host's speed (``load.probe_spread``), and a runtime other than the
-    probe's own can be disturbed by it (:attr:`profilers._base.BaseProfiler.probe_beside_samples`).
+    With an ``anchor`` (an :class:`Anchor`: per-call ms of one timing) it is timed after every
+    sample, and ``anchor_ms`` and ``anchor_ratio`` (the median of ``sample / anchor``) come back;
+    the attempt kept is then judged by the CV of the ratios (the anchor takes the drift out).
+    The latencies themselves are left raw.
     """
     with pinned(config.pin_cpus), gc_disabled():
-        early = [probe() for _ in range(PROBES_FIRST)] if probe is not None and probe_first and anchor is not None else []
-        if early:
-            probe = None
         calls = calibrate(run, config)
-        best: tuple[float, list[float], list[float], list[float]] | None = None
+        best: tuple[float, list[float], list[float]] | None = None
         attempts = 0
         for _ in range(1 + config.max_remeasures):
             attempts += 1
-            samples, probes, anchors = _samples(run, calls, config, probe, anchor)
-            probes = probes or early
+            samples, anchors = _samples(run, calls, config, anchor)
             cv = coefficient_of_variation([s / a for s, a in zip(samples, anchors)] or samples)
             if best is None or cv < best[0]:
-                best = (cv, samples, probes, anchors)
+                best = (cv, samples, anchors)
             if cv <= config.cv_threshold:
                 break
     assert best is not None
-    cv, samples, probes, anchors = best
+    cv, samples, anchors = best
     return Measurement(
         latency_ms_p10=percentile(samples, 10),
         latency_ms_p50=percentile(samples, 50),
@@ -317,58 +360,22 @@ def measure(run: RunFn, config: ProtocolConfig, probe: Callable[[], float] | Non
         noisy=cv > config.cv_threshold,
         calls_per_sample=calls,
         attempts=attempts,
-        reference_ms=percentile(probes, 50) if probes else None,
         anchor_ms=percentile(anchors, 50) if anchors else None,
         anchor_ratio=percentile([s / a for s, a in zip(samples, anchors)], 50) if anchors else None,
     )
 
 
-def fastest_round(rounds: Sequence[Measurement], compute_share: float = 1.0) -> Measurement:
-    """The pass with the lowest p50 at the run's machine speed: ``p50 / reference ** compute_share`` where probed.
+def median_pass(passes: Sequence[Measurement]) -> Measurement:
+    """The pass a point keeps: the middle one by :attr:`Measurement.judged` (the lower middle of an even count).
 
-    For work the probe speaks for, interference mostly adds time: on a shared machine a pass is
-    either clean or slowed by another tenant, for a second or for a minute (a MiniLM forward pass
-    measured five times over six minutes spread by 5 % even after the probe's correction, and the
-    slow passes came in runs). The fastest pass is the one least disturbed, the same argument as
-    ``timeit``'s "use the minimum"; the spread of the passes is kept in meta.json. A memory-bound
-    decode step also has fast moments (ONNX Runtime Qwen2.5-0.5B, 2026-11-29: the minimum call
-    was the worst statistic), which the minimum keeps: anchor those (:func:`kept_pass`).
-
-    ``compute_share`` is the point's share of time the probe speaks for (``profilers.run.compute_share``,
-    the rule a table scales its rows by): a memory-bound decode step is judged nearly raw, since
-    a busy moment of the cores, which the probe times, barely slows it.
+    A burst of load slows a pass as a whole (p10 included, which no statistic inside the pass
+    sees); on a shared machine the speed also has fast moments, so the middle pass, not the
+    fastest, is the least biased pick. The spread of the passes is kept in the table's meta.
     """
-    if not rounds:
-        raise ValueError("fastest_round needs at least one measurement")
-    if not 0.0 <= compute_share <= 1.0:
-        raise ValueError(f"compute_share is {compute_share}; it must be in 0..1")
-    return min(rounds, key=lambda m: at_machine_speed(m, compute_share))
-
-
-def kept_pass(rounds: Sequence[Measurement], compute_share: float = 1.0, *, middle: bool = False) -> Measurement:
-    """The pass a table (or verify) keeps: the middle one where anchored or ``middle``, else :func:`fastest_round`.
-
-    Anchored passes differ by what is left once the drift is divided out, noise that goes both
-    ways (a burst can hit the sample or the anchor), so the middle ratio is kept, not the lowest
-    (lower middle for an even count). ``middle`` keeps the middle pass at the run's speed for
-    staggered runs (``protocol.stagger``): there the probe-scaled passes had low outliers as well
-    as high ones, and the fastest pass was the noisiest pick (docs/BENCHMARKS.md: on three
-    staggered builds of the onnxruntime Qwen2.5-0.5B table, the whole-model prefill rows left
-    3.5 / 3.9 / 2.3 % around a linear fit as the fastest pass, 1.9 / 2.4 / 1.4 % as the middle).
-    """
-    if rounds and all(m.anchor_ratio is not None for m in rounds):
-        judged: Callable[[Measurement], float] = lambda m: float(m.anchor_ratio or 0.0)  # noqa: E731
-    elif middle and rounds:
-        judged = lambda m: at_machine_speed(m, compute_share)  # noqa: E731
-    else:
-        return fastest_round(rounds, compute_share)
-    ordered = sorted(rounds, key=judged)
+    if not passes:
+        raise ValueError("median_pass needs at least one measurement")
+    ordered = sorted(passes, key=lambda m: m.judged)
     return ordered[(len(ordered) - 1) // 2]
-
-
-def at_machine_speed(m: Measurement, compute_share: float = 1.0) -> float:
-    """``m``'s p50 per reference probe, for its compute share (the raw p50 where it was not probed)."""
-    return m.latency_ms_p50 / m.reference_ms**compute_share if m.reference_ms else m.latency_ms_p50
 
 
 def pass_schedule(count: int, rounds: int, stagger: bool) -> Iterator[tuple[int, int]]:
@@ -401,21 +408,18 @@ def calibrate(run: RunFn, config: ProtocolConfig) -> int:
     return min(MAX_CALLS_PER_SAMPLE, math.ceil(config.min_sample_ms / max(fastest, 1e-6)))
 
 
-def _samples(run: RunFn, calls: int, config: ProtocolConfig, probe: Callable[[], float] | None = None,
-             anchor: Callable[[], float] | None = None) -> tuple[list[float], list[float], list[float]]:
+def _samples(run: RunFn, calls: int, config: ProtocolConfig,
+             anchor: Callable[[], float] | None = None) -> tuple[list[float], list[float]]:
     samples: list[float] = []
-    probes: list[float] = []
     anchors: list[float] = []
     start = time.perf_counter()
     for i in range(config.repeats):
         samples.append(run(calls) / calls)
         if anchor is not None:
             anchors.append(anchor())
-        if probe is not None:
-            probes.append(probe())
         if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_point_seconds:
             break
-    return samples, probes, anchors
+    return samples, anchors
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from profilers.cost import ModelDims, block_cost
 from profilers.devices import DeviceSpec, device_spec
 from profilers.environment import software_versions
 from profilers.run import ProfileResult, _composition, config_sha256, make_row, resolve_model_spec
-from profilers.tables import TABLE_FORMAT, LatencyTable, load_table, table_csv_path, today, write_table
+from profilers.tables import LatencyTable, TableMeta, load_table, table_csv_path, today, write_table
 from profilers.workload import BlockPoint, GridConfig, build_points
 
 #: Kernels an eager forward launches per block (decoder, encoder): the fixed cost of small blocks.
@@ -158,27 +158,17 @@ def estimate(
     gflops = spec.fp16_dense_tflops * 1e3
     points = build_points(model_spec.family, space, grid)
     rows = [make_row(p, dims, 0, None, roofline_ms(dims, p, spec.memory_bandwidth_gb_s, gflops, eff)) for p in points]
-    entry = {
-        "format": TABLE_FORMAT,
-        "source": "roofline-estimate",
-        "device": device,
-        "runtime": runtime,
-        "model": model_spec.name,
-        "family": model_spec.family.name,
-        "kind": model_spec.family.kind,
-        "config_sha256": config_sha256(model_spec.config),
-        "shape_space": space.to_dict(),
-        "date": today(),
-        "device_spec": asdict(spec),
-        "roofline": {
+    meta = TableMeta(
+        source="roofline-estimate", device=device, runtime=runtime, model=model_spec.name, family=model_spec.family.name,
+        kind=model_spec.family.kind, config_sha256=config_sha256(model_spec.config), shape_space=space.to_dict(),
+        date=today(), software=software_versions(), grid=grid.to_dict(), composition=_composition(model_spec.family.kind),
+        device_spec=asdict(spec),
+        roofline={
             "formula": "max(bytes / (bandwidth * eff.memory), flops / (fp16_dense_peak * eff.compute)) + kernels * eff.launch_ms",
             "efficiency": asdict(eff),
         },
-        "software": software_versions(),
-        "grid": grid.to_dict(),
-        "composition": _composition(model_spec.family.kind),
-        "note": f"ESTIMATE, not a measurement: replace it with `anyshape profile --device {device} --runtime {runtime} "
-        f"--model {model_spec.name} --overwrite` on a real {spec.name}",
-    }
-    write_table(csv_path, rows, entry)
+        note=f"ESTIMATE, not a measurement: replace it with `anyshape profile --device {device} --runtime {runtime} "
+             f"--model {model_spec.name} --overwrite` on a real {spec.name}",
+    )  # fmt: skip
+    write_table(csv_path, rows, meta)
     return ProfileResult(csv_path, len(rows), 0, 0, 0, 0.0, False, source="roofline-estimate")

@@ -29,20 +29,37 @@ from profilers.environment import (
     LoadMonitor,
     best_bandwidth,
     device_fingerprint,
-    l3_cache_bytes,
     measure_matmul_gflops,
     software_versions,
 )
-from profilers.protocol import Measurement, ProtocolConfig, at_machine_speed, kept_pass, pass_schedule, percentile
-from profilers.tables import COLUMNS, TABLE_FORMAT, format_rows, parse_rows, row_key, table_csv_path, today, write_table
-from profilers.workload import BlockPoint, GridConfig, build_points
+from profilers.protocol import (
+    Measurement,
+    MeasurementModel,
+    ProtocolConfig,
+    load_protocol,
+    median_pass,
+    pass_schedule,
+    percentile,
+)
+from profilers.tables import (
+    COLUMNS,
+    TableMeta,
+    format_rows,
+    parse_rows,
+    read_meta,
+    row_key,
+    table_csv_path,
+    today,
+    write_table,
+)
+from profilers.workload import BlockPoint, GridConfig, anchor_point, build_points, workloads
 
 #: Measurement under this much background CPU use (share of the machine) counts as quiet.
 UNDER_LOAD_SHARE = LoadMonitor.UNDER_LOAD_SHARE
-#: Above this spread of the reference probe over a run (p90 - p10, over its median) the host itself
-#: was noisy: Zen 4 / Zen 5 EPYC VMs read 4-18 % (one Zen 4 run 36 %, its probe-scaled MiniLM table
-#: still fine: a warning, not a verdict), an Intel VM whose neighbours slowed it read 37-45 % and
-#: its probe-scaled tables scored 35-79 % within 10 % (docs/PROFILING.md).
+#: Above this the host's own speed wandered over the run (no other process busy): the median
+#: point's passes disagreeing by more (slowest / fastest - 1; raw rows), or an anchor's p10-p90
+#: over its median (anchored rows). The committed tables read 2-8 % on quiet runs and 23-41 % on
+#: 2-core Zen 4 / Zen 5 VMs (short points' passes disagree most), anchors 12-37 %.
 NOISY_HOST_SPREAD = 0.25
 
 
@@ -206,7 +223,7 @@ class ProfileResult:
     build_seconds: float
     under_load: bool
     source: str = "measured"
-    #: The reference probe spread more than :data:`NOISY_HOST_SPREAD` over the run (None: not probed).
+    #: The host's speed wandered more than :data:`NOISY_HOST_SPREAD` over the run (None: not known).
     noisy_host: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,20 +251,23 @@ def profile(
     the last-level cache; tests use less).
     """
     kind = check_device_name(device)
-    protocol = protocol or (profiler.protocol if profiler else ProtocolConfig())
+    protocol = protocol or (profiler.protocol if profiler else load_protocol())
     profiler = profiler or make_profiler(runtime, kind, protocol)
     profiler.check_available()
     if kind == "cuda":
-        _check_gpu_is(device)
+        check_gpu_is(device)
     spec = model if isinstance(model, ModelSpec) else resolve_model_spec(model)
     grid = grid or GridConfig(dtype="float16" if kind == "cuda" else "float32")
     space = spec.family.space(spec.config)
+    check_lengths(spec, grid)
     points = build_points(spec.family, space, grid)
     csv_path = table_csv_path(out, device, profiler.runtime, name or spec.name)
     if csv_path.exists() and not overwrite:
         raise AnyshapeError(f"table {csv_path} exists; pass --overwrite to measure it again")
+    if (csv_path.parent / "meta.json").exists():
+        read_meta(csv_path.parent)  # refused now, not after the run, if it cannot take the new entry
     software = software_versions()
-    identity = {
+    identity: dict[str, Any] = {
         "model": spec.name,
         "config_sha256": config_sha256(spec.config),
         "device": device,
@@ -258,13 +278,9 @@ def profile(
     }
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     run = PartialRun(csv_path, identity, restart=restart)
-    references: dict[str, float] = run.state.setdefault("reference_ms", {})  # key -> probe median of its row
     anchored: dict[str, list[Any]] = run.state.setdefault("anchor", {})  # key -> [anchor key, anchor ms, ratio]
-    if profiler.probe is not None:  # a row whose probe was lost in a kill is measured again
-        for key in [k for k in run.rows if k not in references]:
-            del run.rows[key]
-    if protocol.anchor or protocol.anchor_prefill:  # so is an anchored row whose anchor was lost
-        for key in [k for k, row in run.rows.items() if protocol.anchored(row["phase"]) and k not in anchored]:
+    if protocol.anchored:  # a row whose anchor was lost in a kill is measured again
+        for key in [k for k in run.rows if k not in anchored]:
             del run.rows[key]
     resumed = sum(1 for p in points if p.key in run.rows)
     extra = run.state["extra"]
@@ -273,10 +289,9 @@ def profile(
         gflops = measure_matmul_gflops(threads=protocol.threads)
         extra["matmul_gflops"] = round(max(gflops, float(extra.get("matmul_gflops", 0.0))), 1)
     dims = ModelDims.from_config(spec.family, spec.config)
-    cache_bytes = l3_cache_bytes()
     todo = [p for p in points if p.key not in run.rows]
     passes: dict[str, list[dict[str, Any]]] = run.state.setdefault("passes", {})  # key -> finished passes
-    spread: dict[str, list[float]] = run.state.setdefault("pass_p50_by_point", {})  # key -> every pass's p50 at the run's speed
+    spread: dict[str, list[float]] = run.state.setdefault("pass_values", {})  # key -> every pass's judged value
     segment: dict[str, Any] = {"started": today(), "points": 0, "seconds": 0.0, "background_cpu_share": 0.0}
     run.state["segments"].append(segment)
     run.save_state()  # from the first point on, a killed run can resume
@@ -285,7 +300,7 @@ def profile(
     start = time.perf_counter()
     total = len(points) * protocol.rounds
     already = resumed * protocol.rounds + sum(len(passes.get(p.key, [])) for p in todo)
-    bar = _progress(total, already, f"{device}/{profiler.runtime}/{csv_path.stem}", progress)
+    bar = progress_bar(total, already, f"{device}/{profiler.runtime}/{csv_path.stem}", progress)
     profiler.setup()
     try:
         # whole passes, so that a burst of load hits one pass of a point (or staggered: protocol.stagger)
@@ -297,17 +312,13 @@ def profile(
             done.append(asdict(profiler.measure(spec, point)))
             if len(done) == protocol.rounds:
                 measured = [Measurement(**m) for m in done]
-                share = compute_share(asdict(block_cost(dims, point)), *table_roofs(extra), cache_bytes)
-                kept = kept_pass(measured, share, middle=protocol.stagger)
-                run.append(make_row(point, dims, protocol.threads, kept))  # raw; scaled to the baseline at the end
+                kept = median_pass(measured)
+                run.append(make_row(point, dims, protocol.threads, kept))  # raw; anchored rows become ratio * baseline at the end
                 del passes[point.key]
-                if protocol.rounds > 1:  # each pass's p50 at the run's speed (as judged above): how much the passes disagreed
-                    spread[point.key] = [round(_judged(m, share), 6) for m in measured]
-                if kept.reference_ms is not None:
-                    references[point.key] = kept.reference_ms
-                anchor = profiler.anchor(spec, point)
-                if anchor is not None and kept.anchor_ms is not None and kept.anchor_ratio is not None:
-                    anchored[point.key] = [anchor.key, kept.anchor_ms, kept.anchor_ratio]
+                spread[point.key] = [round(m.judged, 6) for m in measured]
+                if protocol.anchored:
+                    assert kept.anchor_ms is not None and kept.anchor_ratio is not None
+                    anchored[point.key] = [anchor_point(space, point).key, kept.anchor_ms, kept.anchor_ratio]
                 run.save_state()
             segment["points"] = int(segment["points"]) + 1
             segment["seconds"] = round(time.perf_counter() - start, 2)
@@ -323,271 +334,125 @@ def profile(
         run.save_state()
     if kind == "cpu":
         _record_bandwidth(extra, best_bandwidth(bandwidth_buffer_mib, threads=protocol.threads))
-    rows = [run.rows[p.key] for p in points]
-    if profiler.probe is not None:
-        rows, extra["reference"] = _scale_to_baseline(rows, points, references, profiler, extra, skip=set(anchored))
-    if anchored:
-        rows, extra["anchor"] = _scale_to_anchor(rows, points, anchored)
-    if protocol.rounds > 1 and all(p.key in spread for p in points):
-        extra["passes"] = _pass_summary(points, spread, protocol.rounds, protocol.stagger)
+    measurement = measurement_record(protocol, points, anchored)
+    rule = MeasurementModel(protocol, measurement["baseline_ms"])
+    rows = [_as_row(run.rows[p.key], rule, measurement, p.key) for p in points]
     segments = run.state["segments"]
     seconds = sum(float(s["seconds"]) for s in segments)
     share = sum(float(s["background_cpu_share"]) * float(s["seconds"]) for s in segments) / max(seconds, 1e-9)
     under_load = share > UNDER_LOAD_SHARE
-    load = _load_entry(share, under_load, extra.get("reference"), all_anchored=len(anchored) == len(points))
-    entry = {
-        "format": TABLE_FORMAT,
-        "source": "measured",
-        "device": device,
-        "runtime": profiler.runtime,
-        "model": spec.name,
-        "family": spec.family.name,
-        "kind": spec.family.kind,
-        "config_sha256": identity["config_sha256"],
-        "shape_space": space.to_dict(),
-        "date": today(),
-        "fingerprint": device_fingerprint(gpu=kind == "cuda"),
-        "software": software,
-        "runtime_info": profiler.describe(),
-        "protocol": protocol.to_dict(),
-        "grid": grid.to_dict(),
-        "composition": _composition(spec.family.kind),
-        "build_seconds": round(seconds, 1),
-        "segments": segments,
-        "noisy_points": sum(1 for r in rows if r["noisy"]),
-        "load": load,
-        **extra,
-    }
-    write_table(csv_path, rows, entry)
+    pass_summary = _pass_summary(points, spread, protocol.rounds) if protocol.rounds > 1 and all(p.key in spread for p in points) else {}
+    meta = TableMeta(
+        source="measured", device=device, runtime=profiler.runtime, model=spec.name, family=spec.family.name,
+        kind=spec.family.kind, config_sha256=identity["config_sha256"], shape_space=space.to_dict(), date=today(),
+        software=software, grid=grid.to_dict(), composition=_composition(spec.family.kind), protocol=protocol,
+        measurement=measurement, fingerprint=device_fingerprint(gpu=kind == "cuda"), runtime_info=profiler.describe(),
+        matmul_gflops=extra.get("matmul_gflops"), memory_bandwidth=extra.get("memory_bandwidth"),
+        build_seconds=round(seconds, 1), segments=segments, noisy_points=sum(1 for r in rows if r["noisy"]),
+        load=load_entry(share, under_load, protocol, measurement, pass_summary), passes=pass_summary,
+    )  # fmt: skip
+    write_table(csv_path, rows, meta)
     run.discard()
-    return ProfileResult(csv_path, len(rows), len(todo), resumed, entry["noisy_points"], round(seconds, 1), under_load,
-                         noisy_host=load.get("noisy_host"))
+    return ProfileResult(csv_path, len(rows), len(todo), resumed, meta.noisy_points, round(seconds, 1), under_load,
+                         noisy_host=meta.load.get("noisy_host"))
 
 
-def _load_entry(share: float, under_load: bool, reference: Mapping[str, Any] | None, *, all_anchored: bool) -> dict[str, Any]:
-    """meta.json ``load``: other processes' CPU share, and how much the host's own speed wandered (the probe's spread)."""
+def check_lengths(spec: ModelSpec, grid: GridConfig) -> None:
+    """Refuse an encoder's prompt lengths past its learned positions (``max_position_embeddings``), in one line.
+
+    Encoders (BERT) look positions up in a table and cannot run longer inputs; decoders' rotary
+    positions can (a latency is real there, whatever the model was trained on).
+    """
+    limit = int(spec.config.get("max_position_embeddings") or 0)
+    if spec.family.kind != "encoder" or not limit:
+        return
+    longest = max(s for phase, _, s, _ in workloads(spec.family, grid) if phase == "prefill")
+    if longest > limit:
+        raise AnyshapeError(f"grid lengths reach {longest} tokens but {spec.name} has {limit} positions "
+                            f"(max_position_embeddings); keep seq_len within {limit}")
+
+
+def measurement_record(protocol: ProtocolConfig, points: list[BlockPoint], anchored: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """meta.json ``measurement``: the speed reference and, anchored, each anchor's median over the run and every point's ratio."""
+    import statistics
+
+    if not protocol.anchored:
+        return {"reference": "none", "baseline_ms": {}, "note": "every row is the raw time of the point's middle pass"}
+    by_anchor: dict[str, list[float]] = {}
+    for p in points:
+        anchor_key, anchor_ms, _ = anchored[p.key]
+        by_anchor.setdefault(anchor_key, []).append(float(anchor_ms))
+    return {
+        "reference": "anchor",
+        "baseline_ms": {k: round(statistics.median(v), 6) for k, v in sorted(by_anchor.items())},
+        "note": "every row is (the median of its samples' ratios to its workload's anchor, a fixed whole-model step timed "
+                "after each sample) * baseline_ms[anchor]; raw = row * anchor_ms / baseline_ms = ratio * anchor_ms",
+        "anchor_by_point": {p.key: anchored[p.key][0] for p in points},
+        "anchor_ms_by_point": {p.key: round(float(anchored[p.key][1]), 6) for p in points},
+        "ratio_by_point": {p.key: round(float(anchored[p.key][2]), 6) for p in points},
+    }
+
+
+def _as_row(raw: dict[str, Any], model: MeasurementModel, measurement: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A partial run's raw row as the table holds it (:meth:`MeasurementModel.row`)."""
+    if not model.protocol.anchored:
+        return raw
+    m = Measurement(raw["latency_ms_p10"], raw["latency_ms_p50"], raw["latency_ms_p90"], raw["repeats"], raw["cv"], raw["noisy"],
+                    1, 1, anchor_ms=measurement["anchor_ms_by_point"][key], anchor_ratio=measurement["ratio_by_point"][key])
+    kept = model.row(m, measurement["anchor_by_point"][key])
+    return {**raw, "latency_ms_p10": kept.latency_ms_p10, "latency_ms_p50": kept.latency_ms_p50, "latency_ms_p90": kept.latency_ms_p90}
+
+
+def load_entry(share: float, under_load: bool, protocol: ProtocolConfig, measurement: Mapping[str, Any],
+               passes: Mapping[str, Any]) -> dict[str, Any]:
+    """meta.json ``load``: other processes' CPU share, and how much the host's own speed wandered over the run.
+
+    With raw rows that is how far the median point's passes disagreed; anchored, the widest p10-p90
+    of an anchor over the run (the rows divide it out, so it is a note, not a warning).
+    """
     load: dict[str, Any] = {"background_cpu_share": round(share, 3), "under_load": under_load}
-    spread = probe_spread(reference)
+    spread = speed_spread(protocol, measurement, passes)
     if spread is not None:
-        load["probe_spread"] = round(spread, 3)
+        load["speed_spread"] = round(spread, 3)
         load["noisy_host"] = spread > NOISY_HOST_SPREAD
     if under_load:
         load["note"] = "measured while other processes used the CPU; rebuild on a quiet machine with the same command"
+    elif load.get("noisy_host") and protocol.anchored:
+        load["note"] = (f"noisy host: an anchor's p10-p90 spanned {spread:.0%} of its median over the run (quiet hosts: "
+                        f"under {NOISY_HOST_SPREAD:.0%}); every row was timed beside its anchor, which follows the host's "
+                        "speed, and anyshape calibrate sets the level on the machine you deploy on")
     elif load.get("noisy_host"):
-        advice = ("every row was timed beside its anchor, which follows the host's speed; where the passes still "
-                  "disagree (meta.json passes), more --rounds narrow the median" if all_anchored
-                  else "rebuild with --anchor --anchor-prefill (rows timed beside a fixed step hold up on such hosts)")
-        load["note"] = (f"noisy host: the reference probe's p10-p90 spanned {spread:.0%} of its median over the run (quiet "
-                        f"hosts: under {NOISY_HOST_SPREAD:.0%}) with no other process busy, e.g. neighbours on a shared VM; {advice}")
+        load["note"] = (f"noisy host: the median point's passes disagreed by {spread:.0%} (quiet hosts: under "
+                        f"{NOISY_HOST_SPREAD:.0%}) with no other process busy, e.g. neighbours on a shared VM; "
+                        "measure again with --protocol shared-vm (rows timed beside a fixed step hold up there)")
     else:
         load["note"] = "quiet machine"
     return load
 
 
-def probe_spread(reference: Mapping[str, Any] | None) -> float | None:
-    """(p90 - p10) / median of a run's reference probe, from meta.json ``reference`` (None: not probed)."""
-    if not reference or not reference.get("probe_ms_p10_p90") or not reference.get("baseline_ms"):
-        return None
-    low, high = reference["probe_ms_p10_p90"]
-    return (float(high) - float(low)) / float(reference["baseline_ms"])
+def speed_spread(protocol: ProtocolConfig, measurement: Mapping[str, Any], passes: Mapping[str, Any]) -> float | None:
+    """How much the host's speed wandered over a run (see :func:`load_entry`); None where not known."""
+    if protocol.anchored:
+        by_anchor: dict[str, list[float]] = {}
+        for key, anchor in (measurement.get("anchor_by_point") or {}).items():
+            by_anchor.setdefault(anchor, []).append(float(measurement["anchor_ms_by_point"][key]))
+        spreads = [(percentile(v, 90) - percentile(v, 10)) / percentile(v, 50) for v in by_anchor.values() if len(v) > 1]
+        return max(spreads) if spreads else None
+    value = passes.get("slowest_over_fastest_median")
+    return None if value is None else float(value)
 
 
-def _judged(m: Measurement, share: float) -> float:
-    """What a pass is judged by (:func:`kept_pass`): its anchor ratio where anchored, else its p50 at the run's speed."""
-    return m.anchor_ratio if m.anchor_ratio is not None else at_machine_speed(m, share)
-
-
-def _scale_to_anchor(rows: list[dict[str, Any]], points: list[BlockPoint],
-                     anchored: dict[str, list[Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Anchored rows become ``ratio * baseline``: their median per-sample ratio to their workload's anchor
-    times the anchor's median over the run (``baseline``, one per anchor); p10 and p90 move with p50.
-
-    The anchor is the same kind of work as the rows, so the drift divides out in full: no compute
-    share, and the probe is not used for these rows.
-    """
-    import statistics
-
-    by_anchor: dict[str, list[float]] = {}
-    for anchor_key, anchor_ms, _ in anchored.values():
-        by_anchor.setdefault(anchor_key, []).append(float(anchor_ms))
-    baselines = {k: statistics.median(v) for k, v in by_anchor.items()}
-    out = []
-    for p, row in zip(points, rows):
-        if p.key in anchored:
-            anchor_key, _, ratio = anchored[p.key]
-            row = _times(row, float(ratio) * baselines[anchor_key] / float(row["latency_ms_p50"]))
-        out.append(row)
-    keys = [p.key for p in points if p.key in anchored]
-    info = {
-        "baseline_ms": {k: round(v, 5) for k, v in baselines.items()},
-        "note": "every anchored row (decode; prefill too with protocol.anchor_prefill) is (the median of its samples' "
-                "ratios to its workload's anchor, a fixed whole-model step of the same phase timed after each sample) "
-                "* baseline_ms[anchor]; raw = row * anchor_ms / (ratio * baseline_ms)",
-        "anchor_by_point": {k: anchored[k][0] for k in keys},
-        "anchor_ms_by_point": {k: round(float(anchored[k][1]), 5) for k in keys},
-        "ratio_by_point": {k: round(float(anchored[k][2]), 6) for k in keys},
-    }
-    return out, info
-
-
-def _scale_to_baseline(rows: list[dict[str, Any]], points: list[BlockPoint], references: dict[str, float],
-                       profiler: BaseProfiler, extra: dict[str, Any],
-                       skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Scale every row's compute share by ``baseline / its probe``; baseline = the median probe of the whole run.
-
-    The probe is a matmul in cache: it times how fast the cores run now, not the memory. A row is
-    scaled by ``(baseline / probe) ** share``, ``share`` being its compute share (:func:`compute_share`),
-    so a memory-bound decode step keeps its raw time when a neighbour slows the cores. Scaling
-    every row in full had scattered the decode rows of the torch Qwen2.5-0.5B table (8.1 %
-    relative residual of a linear fit in bytes, FLOPs and depth, against 2.9 % raw and 2.6 %
-    scaled by share; prefill 2.8 % in full, 2.3 % by share); rows whose bytes fit the last-level
-    cache have share 1, as before.
-
-    Rows in ``skip`` (anchored rows) are left as they are and get no share; their probes still count
-    towards the baseline (the machine's typical speed over the run).
-    """
-    import statistics
-
-    probes = [references[p.key] for p in points]
-    baseline = statistics.median(probes)
-    shares = _compute_shares([r for p, r in zip(points, rows) if p.key not in skip], extra, l3_cache_bytes())
-    scaled = [row if p.key in skip else _times(row, (baseline / probe) ** shares[p.key])
-              for p, row, probe in zip(points, rows, probes)]
-    described = getattr(profiler.probe, "describe", lambda: {"kernel": type(profiler.probe).__name__})()
-    info = {
-        **described,
-        "baseline_ms": round(baseline, 5),
-        "probe_ms_p10_p90": [round(percentile(probes, 10), 5), round(percentile(probes, 90), 5)],
-        "note": "every row is scaled by (baseline_ms / the probe timed beside its samples) ** its compute share; "
-                "raw = row * (probe / baseline_ms) ** share",
-        "probe_ms_by_point": {p.key: round(references[p.key], 5) for p in points},
-        "compute_share_by_point": shares,
-    }
-    return scaled, info
-
-
-def _times(row: dict[str, Any], factor: float) -> dict[str, Any]:
-    return {**row, **{k: row[k] * factor for k in ("latency_ms_p10", "latency_ms_p50", "latency_ms_p90")}}
-
-
-def table_roofs(entry: Mapping[str, Any]) -> tuple[float, float]:
-    """A run's measured fp32 GEMM rate (GFLOP/s) and memory bandwidth (GB/s) from its meta.json entry; 0 where unknown."""
-    return float(entry.get("matmul_gflops") or 0.0), float((entry.get("memory_bandwidth") or {}).get("bound_gb_s") or 0.0)
-
-
-def _compute_shares(rows: list[dict[str, Any]], extra: Mapping[str, Any], cache_bytes: int) -> dict[str, float]:
-    """Each row's :func:`compute_share` on the run's roofs (:func:`table_roofs`), by point key."""
-    gflops, bandwidth = table_roofs(extra)
-    return {row_key(row): round(compute_share(row, gflops, bandwidth, cache_bytes), 4) for row in rows}
-
-
-def rescale_table(csv_path: str | Path) -> int:
-    """Scale a measured table's rows by compute share again, from the probes its meta.json kept (nothing is measured).
-
-    For tables written before rows were scaled by compute share (every row scaled in full): the
-    raw rows are recovered (``row * probe / baseline``), scaled by :func:`_scale_to_baseline`'s
-    rule, and the CSV and meta.json rewritten atomically. Returns how many rows changed by more
-    than 0.1 %; a table already scaled by share, or never probed, is left as it is (0).
-    """
-    from profilers.tables import load_table
-
-    table = load_table(csv_path, check_software=False)
-    entry = dict(table.meta)
-    reference = dict(entry.get("reference") or {})
-    if entry.get("source") != "measured" or not reference.get("probe_ms_by_point") or "compute_share_by_point" in reference:
-        return 0
-    keys = [row_key(row) for row in table.rows]
-    baseline, probes = float(reference["baseline_ms"]), reference["probe_ms_by_point"]
-    missing = [k for k in keys if k not in probes]
-    if missing:
-        raise AnyshapeError(f"{csv_path}: meta.json has no probe for {len(missing)} rows (first: {missing[0]}); measure the table again")
-    raw = [_times(dict(row), probes[k] / baseline) for k, row in zip(keys, table.rows)]
-    shares = _compute_shares(raw, entry, l3_cache_bytes((entry.get("fingerprint") or {}).get("l3_cache")))
-    rows = [_times(row, (baseline / probes[k]) ** shares[k]) for k, row in zip(keys, raw)]
-    reference.update(
-        note="every row is scaled by (baseline_ms / the probe timed beside its samples) ** its compute share; "
-             "raw = row * (probe / baseline_ms) ** share",
-        compute_share_by_point=shares,
-        rescaled="scaled by compute share from the recorded probes on " + today() + " (first written with every row scaled in full)",
-    )  # fmt: skip
-    entry["reference"] = reference
-    for key in ("rows", "file"):
-        entry.pop(key, None)
-    write_table(Path(csv_path), rows, entry)
-    return sum(1 for new, old in zip(rows, table.rows) if abs(new["latency_ms_p50"] / old["latency_ms_p50"] - 1) > 1e-3)
-
-
-def rekeep_middle_pass(csv_path: str | Path) -> int:
-    """Move a staggered table's probe-scaled rows from their fastest pass to the middle one, from the passes its meta.json kept.
-
-    For tables measured with ``--stagger`` before :func:`profilers.protocol.kept_pass` kept the
-    middle pass there. meta.json holds every pass's p50 at the run's speed (``passes.p50_by_point``);
-    each row that kept its fastest pass is multiplied by (middle / fastest) of those, p10 and p90
-    alike (the probe recorded stays the fastest pass's), and the CSV and meta.json are rewritten
-    atomically. Anchored rows already kept the middle ratio. Returns how many rows changed by
-    more than 0.1 %; a table not staggered, without its passes, or already so is left as it is (0).
-    """
-    from profilers.tables import load_table
-
-    table = load_table(csv_path, check_software=False)
-    entry = dict(table.meta)
-    passes = dict(entry.get("passes") or {})
-    by_point = passes.get("p50_by_point") or {}
-    staggered = bool((entry.get("protocol") or {}).get("stagger"))
-    if entry.get("source") != "measured" or not staggered or not by_point or passes.get("kept") == KEPT_MIDDLE:
-        return 0
-    keys = [row_key(row) for row in table.rows]
-    missing = [k for k in keys if not by_point.get(k)]
-    if missing:
-        raise AnyshapeError(f"{csv_path}: meta.json has no passes for {len(missing)} rows (first: {missing[0]}); measure the table again")
-    anchored = set((entry.get("anchor") or {}).get("ratio_by_point") or {})
-    rows = []
-    for key, row in zip(keys, table.rows):
-        ordered = sorted(float(v) for v in by_point[key])
-        middle = ordered[(len(ordered) - 1) // 2]
-        rows.append(dict(row) if key in anchored else _times(dict(row), middle / ordered[0]))
-    passes.update(kept=KEPT_MIDDLE, rekept=f"moved from the fastest to the middle pass on {today()} from the recorded passes "
-                  "(rows times middle / fastest p50 at the run's speed; the probe recorded is the fastest pass's)")
-    entry["passes"] = passes
-    for key in ("rows", "file"):
-        entry.pop(key, None)
-    write_table(Path(csv_path), rows, entry)
-    return sum(1 for new, old in zip(rows, table.rows) if abs(new["latency_ms_p50"] / old["latency_ms_p50"] - 1) > 1e-3)
-
-
-def compute_share(row: dict[str, Any], gflops: float, bandwidth_gb_s: float, cache_bytes: int) -> float:
-    """The share of a row's time its roofline gives to compute: ``t_flops / (t_flops + t_bytes)``.
-
-    ``t_bytes`` counts the row's weights and activations at the measured memory bandwidth, and is 0
-    when they fit the last-level cache (then the row is compute- or overhead-bound, all of it
-    slowed by busy cores). 1 when the machine's roofs are unknown.
-    """
-    moved = float(row["weight_bytes"]) + float(row["activation_bytes"])
-    if gflops <= 0 or bandwidth_gb_s <= 0 or moved <= cache_bytes:
-        return 1.0
-    t_flops = float(row["flops"]) / (gflops * 1e9)
-    t_bytes = moved / (bandwidth_gb_s * 1e9)
-    return t_flops / (t_flops + t_bytes) if t_flops + t_bytes > 0 else 1.0
-
-
-#: meta.json ``passes.kept``: which of a point's passes became its row.
-KEPT_FASTEST = ("fastest pass (p50 / reference probe ** compute share, where probed); anchored rows: the pass with the "
-                "median ratio to the anchor (p50_by_point then holds each pass's ratio)")
-KEPT_MIDDLE = ("staggered: the middle pass (p50 / reference probe ** compute share, where probed; lower middle for an even "
-               "count); anchored rows: the pass with the median ratio to the anchor (p50_by_point then holds each pass's ratio)")
-
-
-def _pass_summary(points: list[BlockPoint], spread: dict[str, list[float]], rounds: int, stagger: bool = False) -> dict[str, Any]:
-    """How far each point's passes were from its fastest one (as judged by :func:`_judged`; anchored points: their ratios)."""
+def _pass_summary(points: list[BlockPoint], spread: dict[str, list[float]], rounds: int) -> dict[str, Any]:
+    """How far each point's passes disagreed (raw p50; anchored points: their ratios to the anchor)."""
     import statistics
 
     excess = [max(spread[p.key]) / min(spread[p.key]) - 1.0 for p in points]
     return {
         "rounds": rounds,
-        "kept": KEPT_MIDDLE if stagger else KEPT_FASTEST,
+        "kept": "the middle pass (raw p50; anchored points: ratio to the anchor), the lower middle of an even count",
         "slowest_over_fastest_median": round(statistics.median(excess), 4),
         "slowest_over_fastest_p90": round(percentile(excess, 90), 4),
-        "p50_by_point": {p.key: spread[p.key] for p in points},
+        "values_by_point": {p.key: spread[p.key] for p in points},
     }
 
 
@@ -597,7 +462,7 @@ def _record_bandwidth(extra: dict[str, Any], measured: Bandwidth) -> None:
     extra["memory_bandwidth"] = measured.to_dict()
 
 
-def _check_gpu_is(device: str) -> None:
+def check_gpu_is(device: str) -> None:
     """Measuring --device a5000 on some other GPU would file its numbers under the wrong name."""
     import torch
 
@@ -622,7 +487,7 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, done: int, label: str, enabled: bool) -> Any:
+def progress_bar(total: int, done: int, label: str, enabled: bool) -> Any:
     if not enabled:
         return _NoBar()
     try:

@@ -75,6 +75,11 @@ class ProfilerContract:
         assert profiler.protocol.min_repeats <= m.repeats <= profiler.protocol.repeats
         assert m.cv >= 0 and m.noisy == (m.cv > profiler.protocol.cv_threshold)
         assert 1 <= m.attempts <= 1 + profiler.protocol.max_remeasures
+        if profiler.protocol.anchored:  # timed beside its workload's anchor: the ratio and the anchor's time come back
+            assert m.anchor_ratio is not None and m.anchor_ratio > 0 and m.anchor_ms is not None and m.anchor_ms > 0
+            assert m.judged == m.anchor_ratio
+        else:
+            assert m.anchor_ratio is None and m.anchor_ms is None and m.judged == m.latency_ms_p50
 
     def test_every_block_kind_and_phase_runs(self, profiler: BaseProfiler, model_spec: ModelSpec) -> None:
         from profilers.workload import build_points
@@ -102,13 +107,19 @@ class ProfilerContract:
     def test_profile_writes_a_loadable_table(self, profiler: BaseProfiler, model_spec: ModelSpec, tmp_path: Path) -> None:
         from profilers.environment import cpu_slug
         from profilers.run import profile
-        from profilers.tables import load_table
+        from profilers.tables import load_table, row_key
 
         grid = GridConfig(seq_len=(16,), context_len=(16,), ffn_steps=1, head_pairs=1, whole_model_samples=1)
         result = profile(model_spec, cpu_slug(), profiler.runtime, tmp_path, grid=grid, profiler=profiler, progress=False,
                          bandwidth_buffer_mib=64)
         table = load_table(result.path, device=cpu_slug(), runtime=profiler.runtime)
         assert table.source == "measured" and len(table.rows) == result.rows == 12
-        assert table.meta["protocol"]["threads"] == profiler.protocol.threads
+        assert table.meta.protocol is not None and table.meta.protocol.threads == profiler.protocol.threads
         assert all(r["threads"] == profiler.protocol.threads for r in table.rows)
-        assert table.meta["memory_bandwidth"]["bound_gb_s"] > 0
+        assert table.meta.bandwidth_gb_s > 0
+        measurement = table.meta.measurement
+        assert measurement["reference"] == profiler.protocol.reference
+        if profiler.protocol.anchored:  # every row timed beside its workload's anchor, each anchor with a baseline
+            assert set(measurement["ratio_by_point"]) == {row_key(r) for r in table.rows}
+            assert set(measurement["anchor_by_point"].values()) == set(measurement["baseline_ms"])
+            assert all(v > 0 for v in measurement["baseline_ms"].values())

@@ -91,6 +91,11 @@ def _as_int_list(name: str, value: Any) -> tuple[int, ...]:
 class GridConfig:
     """Which points a table holds. Defaults follow ARCHITECTURE.md's workloads."""
 
+    workloads: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "the workloads to measure, as prefill:b1:s128 / decode:b1:c128 names, instead of every "
+                          "combination of batch, seq_len and context_len"},
+    )
     batch: tuple[int, ...] = field(default=(1,), metadata={"help": "batch sizes"})
     seq_len: tuple[int, ...] = field(default=(128,), metadata={"help": "prompt lengths (prefill / encoder)"})
     context_len: tuple[int, ...] = field(default=(128,), metadata={"help": "KV-cache lengths (decode)"})
@@ -102,12 +107,24 @@ class GridConfig:
     whole_model_ffn_steps: int = field(
         default=0, metadata={"help": "FFN widths the random whole-model shapes draw from: this many even fractions (0 = ffn_steps)"}
     )
+    other_workload_samples: int = field(
+        default=0,
+        metadata={"help": "whole-model shapes of every workload but each phase's first (the first batch and length): the first "
+                          "this many of the same shapes (0 = all); the predictor learns the others from batch and length"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the random whole-model shapes"})
     dtype: str = field(default="float32", metadata={"help": "float32 | float16 | bfloat16"})
 
     def __post_init__(self) -> None:
         for name in ("batch", "seq_len", "context_len"):
             object.__setattr__(self, name, _as_int_list(name, getattr(self, name)))
+        names = tuple(self.workloads) if isinstance(self.workloads, (list, tuple)) else (self.workloads,)
+        from nas.workload import Workload
+
+        parsed = [Workload.parse(str(n)).name for n in names]
+        if len(set(parsed)) != len(parsed):
+            raise AnyshapeError(f"grid.workloads repeats a workload: {list(names)}")
+        object.__setattr__(self, "workloads", tuple(parsed))
         phases = tuple(self.phases) if isinstance(self.phases, (list, tuple)) else (self.phases,)
         bad = [p for p in phases if p not in PHASES]
         if bad or not phases:
@@ -124,6 +141,8 @@ class GridConfig:
             raise AnyshapeError(f"grid.head_pairs is {self.head_pairs}; it must be >= 0 (0 = all)")
         if self.whole_model_samples < 0:
             raise AnyshapeError(f"grid.whole_model_samples is {self.whole_model_samples}; it must be >= 0")
+        if self.other_workload_samples < 0:
+            raise AnyshapeError(f"grid.other_workload_samples is {self.other_workload_samples}; it must be >= 0 (0 = all)")
         if self.whole_model_ffn_steps < 0:
             raise AnyshapeError(f"grid.whole_model_ffn_steps is {self.whole_model_ffn_steps}; it must be >= 0 (0 = ffn_steps)")
         if self.dtype not in DTYPES:
@@ -215,9 +234,21 @@ def anchor_point(space: ShapeSpace, point: BlockPoint) -> BlockPoint:
 
 
 def workloads(family: ModelFamily, grid: GridConfig) -> list[tuple[Phase, int, int, int]]:
-    """(phase, batch, seq_len, context_len) for every workload of the grid; encoders only prefill."""
+    """(phase, batch, seq_len, context_len) for every workload of the grid; encoders only prefill.
+
+    ``grid.workloads`` names them one by one; else every combination of batch and lengths.
+    """
     out: list[tuple[Phase, int, int, int]] = []
     phases: tuple[str, ...] = ("prefill",) if family.kind == "encoder" else grid.phases
+    if grid.workloads:
+        from nas.workload import Workload
+
+        for name in grid.workloads:
+            w = Workload.parse(name)
+            if w.phase not in phases:
+                raise AnyshapeError(f"grid.workloads has {name}, but this {family.kind} grid measures only {', '.join(phases)}")
+            out.append((w.phase, w.batch, w.seq_len, 0) if w.phase == "prefill" else (w.phase, w.batch, 1, w.seq_len))
+        return out
     for batch in grid.batch:
         if "prefill" in phases:
             out.extend(("prefill", batch, s, 0) for s in grid.seq_len)
@@ -247,7 +278,13 @@ def build_points(family: ModelFamily, space: ShapeSpace, grid: GridConfig) -> li
         if block in grid.blocks:
             add(block, 0, 0, 0, 0)
     if "whole-model" in grid.blocks:
-        for shape in sample_shapes(space, grid):
+        first = {phase: next(w for w in loads if w[0] == phase) for phase in {w[0] for w in loads}}
+        others = grid.other_workload_samples
+        for i, shape in enumerate(sample_shapes(space, grid)):
             assert shape.layers is not None and shape.heads and shape.kv_heads and shape.ffn
-            add("whole-model", len(shape.layers), shape.heads, shape.kv_heads, shape.ffn)
+            for phase, b, s, c in loads:
+                if others and i >= others and (phase, b, s, c) != first[phase]:
+                    continue  # a workload after its phase's first: only the first ``others`` shapes
+                points.append(BlockPoint("whole-model", phase, b, s, c, len(shape.layers), shape.heads, shape.kv_heads,
+                                         shape.ffn, dt))
     return points

@@ -40,7 +40,7 @@ CONFIG = {**TINY_LLAMA, "num_hidden_layers": 6, "num_attention_heads": 8, "num_k
 PREFILL = Workload("prefill", 1, 16)
 DECODE = Workload("decode", 1, 16)
 RT = "fake"  # the fake profiler files its tables under its own runtime name
-FAST = ProtocolConfig(warmup=0, repeats=3, min_repeats=3, reference=False)
+FAST = ProtocolConfig(warmup=0, repeats=3, min_repeats=3)
 #: The fake device the table was "measured" on, and this machine: the same roofline, 1.3x slower in every term.
 TABLE_SPEED = dict(gflops=50.0, bandwidth_gb_s=20.0, overhead_ms=0.05)
 SLOWER = dict(gflops=50.0 / 1.3, bandwidth_gb_s=20.0 / 1.3, overhead_ms=0.05 * 1.3)

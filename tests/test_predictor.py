@@ -151,7 +151,7 @@ def test_a_workload_too_thin_to_fit_alone_uses_the_model_over_all_workloads(tabl
     rows = [r for r in full.rows if r not in decode_whole[4:]]  # 4 decode shapes left: too few for 5 folds
     thin = tmp_path / full.device / full.runtime / "tiny.csv"
     thin.parent.mkdir(parents=True)
-    write_table(thin, rows, {k: v for k, v in full.meta.items() if k not in ("rows", "file")})
+    write_table(thin, rows, full.meta)
     predictor = fit_predictor(thin, CONFIG, seed=0, holdout_fraction=0.0)
     assert set(predictor.chosen_by_workload) == {"prefill:b1:s16", "*"}
     assert set(predictor.cv_mape_by_workload["*"]) == set(predictor.cv_mape)
@@ -224,13 +224,14 @@ def test_an_onnxruntime_table_measured_on_shared_weights_is_flagged(table, tmp_p
 
 def test_a_table_measured_on_a_noisy_host_is_flagged(table, tmp_path, capsys):
     folder = tmp_path / "a5000" / "torch"
-    noisy = {"probe_spread": 0.41, "noisy_host": True, "note": "noisy host: ..."}
+    noisy = {"speed_spread": 0.41, "noisy_host": True, "note": "noisy host: ..."}
     err = _warnings(table, folder, capsys, lambda e: e.update(load={**e.get("load", {}), **noisy}))
-    assert "noisy host" in err and "spread 41%" in err and err.count("\n") == 1
-    assert "noisy" not in _warnings(table, folder, capsys, lambda e: e["load"].update(probe_spread=0.08, noisy_host=False))
+    assert "noisy host" in err and "disagreed by 41%" in err and err.count("\n") == 1
+    assert "noisy" not in _warnings(table, folder, capsys, lambda e: e["load"].update(speed_spread=0.08, noisy_host=False))
 
     def anchored(entry):  # noisy, but every row was timed beside its anchor
-        entry["load"].update(probe_spread=0.41, noisy_host=True)
-        entry["anchor"] = {"ratio_by_point": {f"row{i}": 1.0 for i in range(int(entry["rows"]))}}
+        entry["load"].update(speed_spread=0.41, noisy_host=True)
+        entry["protocol"]["reference"] = "anchor"
+        entry["measurement"] = {"reference": "anchor", "baseline_ms": {"whole-model|prefill|b1|s16|c0|d1|h2|k1|f32|float32": 1.0}}
 
     assert "noisy" not in _warnings(table, folder, capsys, anchored)

@@ -1,4 +1,4 @@
-"""Every profiler passes the same contract suite (profilers.testing.ProfilerContract)."""
+"""Every profiler passes the same contract suite (profilers.testing.ProfilerContract), raw and anchored."""
 
 from __future__ import annotations
 
@@ -11,16 +11,24 @@ import pytest
 from nas.errors import AnyshapeError
 from profilers._base import BaseProfiler
 from profilers.fake import FakeProfiler
-from profilers.protocol import ProtocolConfig
+from profilers.protocol import ProtocolConfig, load_protocol
 from profilers.testing import ProfilerContract
 
 FAST = ProtocolConfig(threads=1, warmup=1, repeats=5, min_repeats=3, max_point_seconds=0.2, min_sample_ms=0.5, max_remeasures=1, rounds=1)
+#: FAST, every sample timed beside its workload's anchor (ONNX Runtime's threads must not spin then)
+ANCHORED = dataclasses.replace(FAST, name="fast-anchored", reference="anchor", spinning=False)
 
 
 class TestFakeProfiler(ProfilerContract):
     @pytest.fixture
     def profiler(self) -> BaseProfiler:
         return FakeProfiler(FAST, noise_cv=0.02, seed=0)
+
+
+class TestFakeProfilerAnchored(ProfilerContract):
+    @pytest.fixture
+    def profiler(self) -> BaseProfiler:
+        return FakeProfiler(ANCHORED, noise_cv=0.02, seed=0)
 
 
 @pytest.mark.slow
@@ -30,6 +38,15 @@ class TestTorchProfiler(ProfilerContract):
         from profilers.torch_profiler import TorchProfiler
 
         return TorchProfiler(FAST)
+
+
+@pytest.mark.slow
+class TestTorchProfilerAnchored(ProfilerContract):
+    @pytest.fixture
+    def profiler(self) -> BaseProfiler:
+        from profilers.torch_profiler import TorchProfiler
+
+        return TorchProfiler(ANCHORED)
 
 
 @pytest.mark.slow
@@ -63,12 +80,17 @@ def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, mode:
 
     staggered = mode.startswith("stagger")
     rounds = 3 if staggered else 2
-    protocol = dataclasses.replace(FAST, rounds=rounds, stagger=staggered, anchor=mode == "stagger anchored", spinning=mode != "stagger anchored")
+    protocol = dataclasses.replace(ANCHORED if mode == "stagger anchored" else FAST, rounds=rounds, stagger=staggered)
     profiler = (OnnxRuntimeProfiler if mode == "disk cache" else NoCache)(protocol)
     spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
     result = profile(spec, cpu_slug(), "onnxruntime", tmp_path, grid=SMALL_GRID, profiler=profiler, progress=False, bandwidth_buffer_mib=16)
-    anchors = len(json.loads((result.path.parent / "meta.json").read_text())["tables"]["tiny-llama"].get("anchor", {}).get("baseline_ms", {}))
-    assert anchors == (1 if mode == "stagger anchored" else 0)
+    entry = json.loads((result.path.parent / "meta.json").read_text())["tables"]["tiny-llama"]
+    anchors = len(entry["measurement"]["baseline_ms"])
+    assert anchors == (2 if mode == "stagger anchored" else 0)  # SMALL_GRID: one prefill and one decode workload
+    if mode == "stagger anchored":  # every point timed beside its anchor, ORT's threads not spinning, and the meta says so
+        assert len(entry["measurement"]["ratio_by_point"]) == result.rows
+        assert entry["runtime_info"]["intra_op_spinning"] is False and entry["protocol"]["spinning"] is False
+        assert "anchored_rows_probe" not in entry["runtime_info"]  # no probe any more
     # each anchor is exported once and kept loaded in its own session, whatever the stagger drops
     assert profiler._exports == result.rows * (2 if mode == "no cache" else 1) + anchors
     if staggered:  # each graph exported once with no disk cache: its session stayed loaded for its passes
@@ -78,74 +100,46 @@ def test_onnxruntime_exports_each_graph_once_across_passes(tmp_path: Path, mode:
 def test_onnxruntime_refuses_an_anchor_beside_spinning_threads() -> None:
     from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
 
-    with pytest.raises(AnyshapeError, match="--no-spinning"):
-        OnnxRuntimeProfiler(dataclasses.replace(FAST, anchor=True)).check_available()
-    OnnxRuntimeProfiler(dataclasses.replace(FAST, anchor=True, spinning=False)).check_available()
-
-
-def test_the_reference_probe_is_for_cpu_runtimes_that_leave_the_cpu_alone() -> None:
-    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
-    from profilers.torch_profiler import TorchProfiler
-
-    probe = TorchProfiler(FAST).probe
-    assert probe is not None and probe() > 0
-    assert TorchProfiler(dataclasses.replace(FAST, reference=False)).probe is None
-    assert TorchProfiler(FAST, device="cuda").probe is None
-    assert OnnxRuntimeProfiler(FAST).probe is None  # its spinning threads would be what the probe measures
-    assert OnnxRuntimeProfiler(dataclasses.replace(FAST, spinning=False)).probe is not None  # spinning off: probed
+    spinning = dataclasses.replace(ANCHORED, spinning=True)
+    with pytest.raises(AnyshapeError, match=r"protocol fast-anchored anchors its points .*set spinning: false") as e:
+        OnnxRuntimeProfiler(spinning).check_available()
+    assert "\n" not in str(e.value)
+    OnnxRuntimeProfiler(ANCHORED).check_available()
+    OnnxRuntimeProfiler(FAST).check_available()  # raw rows: its threads may spin (ORT's default)
+    OnnxRuntimeProfiler(load_protocol("shared-vm", threads=1)).check_available()  # the preset has it right
+    with pytest.raises(AnyshapeError, match="spinning: false"):
+        OnnxRuntimeProfiler(load_protocol("shared-vm", threads=1, spinning=True)).check_available()
     with pytest.raises(AnyshapeError, match=r"protocol\.spinning"):
         dataclasses.replace(FAST, spinning="no")
 
 
-def test_a_profiler_can_keep_the_probe_away_from_its_anchored_samples() -> None:
-    """ONNX Runtime's anchored rows time the torch probe before their samples (it slowed the next
-    decode step unevenly); torch keeps it between them, where it shares the samples' threads."""
+def test_every_profiler_checks_its_protocol_against_this_machine() -> None:
     from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
-    from profilers.protocol import PROBES_FIRST
-    from profilers.testing import TINY_LLAMA
     from profilers.torch_profiler import TorchProfiler
+
+    too_many = dataclasses.replace(FAST, threads=100_000)  # a record from a bigger machine loads, but cannot run here
+    for cls in (FakeProfiler, TorchProfiler, OnnxRuntimeProfiler):
+        with pytest.raises(AnyshapeError, match=r"protocol.threads is 100000; allowed range 1..[0-9]+ on this machine"):
+            cls(too_many)
+        with pytest.raises(AnyshapeError, match=r"protocol.pin_cpus is .* on this machine"):
+            cls(dataclasses.replace(FAST, pin_cpus=(100_000,)))
+
+
+def test_a_raw_profiler_builds_no_anchor_and_an_anchored_one_one_per_workload() -> None:
+    from nas.families import family_for
+    from profilers.blocks import ModelSpec
+    from profilers.testing import TINY_LLAMA
     from profilers.workload import BlockPoint
 
-    assert OnnxRuntimeProfiler.probe_beside_samples is False and TorchProfiler.probe_beside_samples is True
-    calls: list[str] = []
-
-    class Apart(FakeProfiler):
-        probe_beside_samples = False
-
-        @property
-        def probe(self):  # type: ignore[no-untyped-def]
-            return lambda: calls.append("probe") or 1.0
-
-    from nas.families import family_for
-    from profilers.blocks import ModelSpec
-
     spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
-    decode = BlockPoint("whole-model", "decode", 1, 1, 16, 2, 4, 2, 64)
-    protocol = dataclasses.replace(FAST, anchor=True, rounds=2, max_point_seconds=60.0)
-    m = Apart(protocol).measure(spec, decode)
-    assert calls == ["probe"] * PROBES_FIRST and m.anchor_ratio is not None and m.reference_ms == 1.0
-    calls.clear()
-    Apart(protocol).measure_rounds(spec, decode)
-    assert calls == ["probe"] * PROBES_FIRST * 2  # each pass probes before its samples
-    calls.clear()
-    Apart(protocol).measure(spec, dataclasses.replace(decode, phase="prefill", seq_len=16, context_len=0))
-    assert len(calls) == FAST.repeats  # prefill is not anchored here: probed beside every sample
-
-
-@pytest.mark.slow
-def test_onnxruntime_without_spinning_is_probed_and_says_so(tmp_path: Path) -> None:
-    import json
-
-    from nas.families import family_for
-    from profilers.blocks import ModelSpec
-    from profilers.environment import cpu_slug
-    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
-    from profilers.run import profile
-    from profilers.testing import SMALL_GRID, TINY_LLAMA
-
-    profiler = OnnxRuntimeProfiler(dataclasses.replace(FAST, rounds=1, spinning=False))
-    spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
-    result = profile(spec, cpu_slug(), "onnxruntime", tmp_path, grid=SMALL_GRID, profiler=profiler, progress=False, bandwidth_buffer_mib=16)
-    entry = json.loads((result.path.parent / "meta.json").read_text())["tables"]["tiny-llama"]
-    assert entry["runtime_info"]["intra_op_spinning"] is False and entry["protocol"]["spinning"] is False
-    assert len(entry["reference"]["probe_ms_by_point"]) == result.rows  # every point was probed
+    decode = BlockPoint("attention", "decode", 1, 1, 16, 1, 4, 2, 0)
+    wider = dataclasses.replace(decode, block="mlp", heads=0, kv_heads=0, ffn=128)
+    prefill = BlockPoint("mlp", "prefill", 1, 16, 0, 1, 0, 0, 128)
+    assert FakeProfiler(FAST).anchor(spec, decode) is None
+    anchored = FakeProfiler(ANCHORED)
+    a, b, c = anchored.anchor(spec, decode), anchored.anchor(spec, wider), anchored.anchor(spec, prefill)
+    assert a is not None and a is b and c is not None and c is not a  # one per workload, built once
+    assert a.key.startswith("whole-model|decode|") and c.key.startswith("whole-model|prefill|")
+    assert a() > 0 and a.calls >= 1
+    anchored.teardown()
+    assert anchored._anchors == {}  # dropped with the run

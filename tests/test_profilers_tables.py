@@ -15,16 +15,20 @@ from nas.families import family_for
 from profilers.blocks import ModelSpec
 from profilers.environment import cpu_slug
 from profilers.fake import FakeProfiler
-from profilers.protocol import ProtocolConfig
-from profilers.run import profile
-from profilers.tables import COLUMNS, list_tables, load_table, row_key
+from profilers.protocol import Measurement, MeasurementModel, ProtocolConfig
+from profilers.run import NOISY_HOST_SPREAD, profile
+from profilers.tables import COLUMNS, TABLE_FORMAT, TableMeta, list_tables, load_table, row_key, table_meta, write_table
 from profilers.testing import TINY_LLAMA
 from profilers.workload import GridConfig, build_points, head_grid, sample_shapes
 
 FAST = ProtocolConfig(threads=1, warmup=1, repeats=5, min_repeats=3, max_point_seconds=0.5, min_sample_ms=0.0, rounds=1)
+#: FAST, every sample timed beside its workload's anchor (the shared-vm preset's reference)
+ANCHORED = dataclasses.replace(FAST, name="fast-anchored", reference="anchor", spinning=False)
 GRID = GridConfig(seq_len=(16,), context_len=(16,), ffn_steps=2, head_pairs=3, whole_model_samples=2)
 SPEC = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
 HERE = cpu_slug()
+POINTS = build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)
+TOTAL = len(POINTS)
 
 
 def run_fake(out: Path, **kwargs: object):
@@ -33,17 +37,25 @@ def run_fake(out: Path, **kwargs: object):
                    bandwidth_buffer_mib=16, **kwargs)  # type: ignore[arg-type]
 
 
+def p50s(table) -> list[float]:  # type: ignore[no-untyped-def]
+    return [r["latency_ms_p50"] for r in table.rows]
+
+
 def test_fake_table_has_every_point_and_the_meta(tmp_path: Path) -> None:
     result = run_fake(tmp_path)
     table = load_table(result.path, device=HERE, runtime="fake")
-    points = build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)
-    assert len(table.rows) == len(points) == result.rows
+    assert len(table.rows) == TOTAL == result.rows
     assert tuple(table.to_pandas().columns) == COLUMNS
     meta = table.meta
-    assert meta["source"] == "measured" and meta["device"] == HERE
-    for key in ("fingerprint", "software", "protocol", "grid", "date", "memory_bandwidth", "load", "composition"):
-        assert key in meta, key
-    assert meta["fingerprint"]["logical_cores"] >= 1 and meta["software"]["torch"]
+    assert isinstance(meta, TableMeta) and meta.measured and meta.source == "measured" and meta.device == HERE
+    assert meta.runtime == "fake" and meta.model == "tiny-llama" and meta.rows == TOTAL and meta.file == "tiny-llama.csv"
+    assert meta.protocol == FAST and meta.grid == GRID.to_dict() and meta.date and meta.composition
+    assert meta.fingerprint["logical_cores"] >= 1 and meta.software["torch"] and meta.bandwidth_gb_s > 0
+    assert meta.measurement["reference"] == "none" and meta.measurement["baseline_ms"] == {}
+    assert meta.measurement_model() == MeasurementModel(FAST)
+    assert meta.load["background_cpu_share"] >= 0 and "under_load" in meta.load
+    assert meta.passes == {}  # one pass: nothing to compare
+    assert table_meta(result.path) == meta  # the meta alone, without the rows
     # the fake's latencies follow its model: a wider MLP costs more
     mlps = sorted(table.select(block="mlp", phase="prefill"), key=lambda r: r["ffn"])
     assert mlps[0]["latency_ms_p50"] < mlps[-1]["latency_ms_p50"]
@@ -60,7 +72,7 @@ def test_noisy_points_are_flagged_in_the_table(tmp_path: Path) -> None:
     table = load_table(run_fake(tmp_path, profiler=profiler).path)
     assert all(r["noisy"] for r in table.select(block="norm"))
     assert not any(r["noisy"] for r in table.rows if r["block"] != "norm")
-    assert table.meta["noisy_points"] == len(table.select(block="norm"))
+    assert table.meta.noisy_points == len(table.select(block="norm"))
 
 
 def test_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
@@ -76,150 +88,247 @@ def test_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
         f.write("mlp,prefill,1,16")
     counter = FakeProfiler(FAST, seed=0)
     result = run_fake(tmp_path, profiler=counter)
-    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
-    assert result.resumed_points == 7 and result.measured_points == total - 7
-    assert counter.points_started == total - 7
+    assert result.resumed_points == 7 and result.measured_points == TOTAL - 7
+    assert counter.points_started == TOTAL - 7
     assert not partial.exists()
     table = load_table(result.path)
-    assert len(table.rows) == total and len(table.meta["segments"]) == 2
+    assert len(table.rows) == TOTAL and len(table.meta.segments) == 2
 
 
-def test_rounds_keep_the_fastest_pass_so_a_burst_of_load_is_dropped(tmp_path: Path) -> None:
-    three = dataclasses.replace(FAST, rounds=3, reference=False)
-    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
+# --------------------------------------------------------------------------- passes and the speed reference
+
+
+def _one_slow_pass_each() -> dict[int, float]:
+    """Every point 1.6x slow in one of its three whole passes (the first pass of some, the last of others)."""
+    return dict.fromkeys([*range(1, TOTAL + 1, 2), *range(2 * TOTAL + 2, 3 * TOTAL + 1, 2)], 1.6)
+
+
+def test_rounds_keep_the_middle_pass_so_a_burst_of_load_is_dropped(tmp_path: Path) -> None:
+    three = dataclasses.replace(FAST, rounds=3)
     clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(three)).path)
-    # every point is 1.6x slow in one of its three passes (the first pass of some, the last of others)
-    bursts = dict.fromkeys([*range(1, total + 1, 2), *range(2 * total + 2, 3 * total + 1, 2)], 1.6)
-    bursty = FakeProfiler(three, slowdown=bursts)
+    bursty = FakeProfiler(three, slowdown=_one_slow_pass_each())
     table = load_table(run_fake(tmp_path / "bursty", profiler=bursty).path)
-    assert bursty.points_started == 3 * total
-    assert [r["latency_ms_p50"] for r in table.rows] == pytest.approx([r["latency_ms_p50"] for r in clean.rows])
+    assert bursty.points_started == 3 * TOTAL
+    assert p50s(table) == pytest.approx(p50s(clean))
+    # every pass is in the meta: the burst was there, and the middle pass was kept
+    values = table.meta.passes["values_by_point"]
+    assert set(values) == {row_key(r) for r in table.rows} and all(len(v) == 3 for v in values.values())
+    for row in table.rows:
+        v = values[row_key(row)]
+        assert max(v) == pytest.approx(1.6 * min(v), rel=1e-4) and row["latency_ms_p50"] == pytest.approx(sorted(v)[1], rel=1e-4)
+    assert table.meta.passes["rounds"] == 3 and table.meta.passes["slowest_over_fastest_median"] == pytest.approx(0.6, abs=1e-3)
     # one pass alone keeps the bursts
     one = dataclasses.replace(three, rounds=1)
-    single = load_table(run_fake(tmp_path / "single", profiler=FakeProfiler(one, slowdown=bursts)).path)
-    assert max(r["latency_ms_p50"] / c["latency_ms_p50"] for r, c in zip(single.rows, clean.rows)) == pytest.approx(1.6, rel=1e-3)
+    single = load_table(run_fake(tmp_path / "single", profiler=FakeProfiler(one, slowdown=_one_slow_pass_each())).path)
+    assert max(r / c for r, c in zip(p50s(single), p50s(clean))) == pytest.approx(1.6, rel=1e-3)
 
 
-def test_the_reference_probe_scales_slow_moments_of_the_machine_away(tmp_path: Path) -> None:
-    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
-    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(FAST)).path)
-    slow = dict.fromkeys(range(1, total + 1, 3), 1.5)  # a third of the points measured while the machine ran 1.5x slow
-    table = load_table(run_fake(tmp_path / "slow", profiler=FakeProfiler(FAST, slowdown=slow)).path)
-    assert [r["latency_ms_p50"] for r in table.rows] == pytest.approx([r["latency_ms_p50"] for r in clean.rows], rel=1e-3)
-    ref = table.meta["reference"]
-    assert ref["baseline_ms"] == pytest.approx(1.0) and len(ref["probe_ms_by_point"]) == total
-    # raw numbers can be recovered from the meta: row * probe / baseline
-    row = table.rows[0]
-    key = next(iter(ref["probe_ms_by_point"]))
-    assert ref["probe_ms_by_point"][key] == pytest.approx(1.5) and row["latency_ms_p50"] > 0
-    # without the probe the slow moments stay in the table
-    off = dataclasses.replace(FAST, reference=False)
-    raw = load_table(run_fake(tmp_path / "raw", profiler=FakeProfiler(off, slowdown=slow)).path)
-    assert "reference" not in raw.meta
-    assert max(r["latency_ms_p50"] / c["latency_ms_p50"] for r, c in zip(raw.rows, clean.rows)) == pytest.approx(1.5, rel=1e-3)
+def test_two_rounds_keep_the_lower_pass(tmp_path: Path) -> None:
+    two = dataclasses.replace(FAST, rounds=2)
+    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(two)).path)
+    slow_second = dict.fromkeys(range(TOTAL + 1, 2 * TOTAL + 1), 1.3)  # the whole second pass 1.3x slow
+    table = load_table(run_fake(tmp_path / "slow", profiler=FakeProfiler(two, slowdown=slow_second)).path)
+    assert p50s(table) == pytest.approx(p50s(clean))
+
+
+def test_an_anchored_run_keeps_a_slow_machine_out_of_its_rows(tmp_path: Path) -> None:
+    """A third of the points measured while the whole machine ran 1.5x slow: raw rows keep it,
+    anchored rows (ratio to the anchor, timed beside every sample, times the anchor's median) do not."""
+    slow = dict.fromkeys(range(1, TOTAL + 1, 3), 1.5)
+    clean_raw = load_table(run_fake(tmp_path / "clean-raw", profiler=FakeProfiler(FAST)).path)
+    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(ANCHORED)).path)
+    raw = load_table(run_fake(tmp_path / "raw", profiler=FakeProfiler(FAST, slowdown=slow)).path)
+    table = load_table(run_fake(tmp_path / "anchored", profiler=FakeProfiler(ANCHORED, slowdown=slow)).path)
+    assert p50s(table) == pytest.approx(p50s(clean), rel=1e-4) == p50s(clean_raw)  # the anchor's unit is the machine's full speed
+    ratios = [r / c for r, c in zip(p50s(raw), p50s(clean_raw))]
+    assert max(ratios) == pytest.approx(1.5, rel=1e-3) and sum(1 for x in ratios if x > 1.4) == len(slow)  # raw: slowed
+    info = table.meta.measurement
+    assert info["reference"] == "anchor" and table.meta.protocol == ANCHORED
+    keys = {p.key for p in POINTS}
+    assert set(info["anchor_by_point"]) == set(info["anchor_ms_by_point"]) == set(info["ratio_by_point"]) == keys
+    # one anchor per workload (GRID: one prefill and one decode workload), a whole-model step of the same phase
+    assert sorted(k.split("|")[:2] for k in info["baseline_ms"]) == [["whole-model", "decode"], ["whole-model", "prefill"]]
+    assert set(info["anchor_by_point"].values()) == set(info["baseline_ms"])
+    assert all(info["anchor_by_point"][p.key].split("|")[1] == p.phase for p in POINTS)
+    assert table.meta.anchor_of(POINTS[0].key) == info["anchor_by_point"][POINTS[0].key]
+    for row, slowed in zip(table.rows, raw.rows):
+        key = row_key(row)
+        anchor, anchor_ms, ratio = info["anchor_by_point"][key], info["anchor_ms_by_point"][key], info["ratio_by_point"][key]
+        assert row["latency_ms_p50"] == pytest.approx(ratio * info["baseline_ms"][anchor], rel=1e-4)  # the one rule
+        # the raw time can be recovered from the meta: row * anchor_ms / baseline (= ratio * anchor_ms)
+        raw_p50 = row["latency_ms_p50"] * anchor_ms / info["baseline_ms"][anchor]
+        assert raw_p50 == pytest.approx(slowed["latency_ms_p50"], rel=1e-4)
+    assert table.meta.measurement_model() == MeasurementModel(ANCHORED, info["baseline_ms"])
+
+
+def test_an_anchored_tables_model_gives_its_rows_back_from_a_later_measurement(tmp_path: Path) -> None:
+    """MeasurementModel.row / at_table_speed of a point measured again (as verify does), on a machine
+    now 2x slow, give the table's row: the model is the rule the rows were written with."""
+    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(ANCHORED)).path)
+    model = table.meta.measurement_model()
+    assert model is not None and model.protocol.anchored
+    later = FakeProfiler(ANCHORED, slowdown={1: 2.0})  # its first (only) point built runs 2x slow, its anchor too
+    for point in (p for p in POINTS if p.block == "whole-model"):
+        later.points_started = 0
+        later._anchors = {}
+        m = later.measure_rounds(SPEC, point)
+        row = next(r for r in table.rows if row_key(r) == point.key)
+        assert m.latency_ms_p50 == pytest.approx(2 * row["latency_ms_p50"], rel=1e-4)  # raw: the slow machine
+        anchor = table.meta.anchor_of(point.key)
+        kept = model.row(m, anchor)
+        assert model.at_table_speed(m, anchor) == kept.latency_ms_p50 == pytest.approx(row["latency_ms_p50"], rel=1e-4)
+        assert kept.latency_ms_p10 == pytest.approx(row["latency_ms_p10"], rel=1e-4)
+        assert kept.latency_ms_p90 == pytest.approx(row["latency_ms_p90"], rel=1e-4)
+    # a raw table's model: the measurement as it is
+    raw = load_table(run_fake(tmp_path / "raw", profiler=FakeProfiler(FAST)).path)
+    raw_model = raw.meta.measurement_model()
+    point = POINTS[0]
+    m = FakeProfiler(FAST).measure(SPEC, point)
+    assert raw_model is not None and raw_model.row(m) == m
+    assert raw_model.at_table_speed(m) == pytest.approx(raw.rows[0]["latency_ms_p50"], rel=1e-4)
+
+
+def test_verify_uses_the_model_of_the_predictions_table(tmp_path: Path) -> None:
+    from nas.verify import live_model, table_model, whole_model_point
+    from nas.workload import Workload
+    from profilers.protocol import live_protocol, load_protocol
+    from profilers.workload import anchor_point
+
+    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(ANCHORED)).path)
+    model = table_model(table.label, tmp_path)
+    assert model == table.meta.measurement_model() and model.protocol == ANCHORED  # measured as the table was
+    space = SPEC.family.space(SPEC.config)
+    for phase in ("prefill", "decode"):  # the anchor verify times a shape beside is the one the table used
+        anchor = anchor_point(space, whole_model_point(space.full_shape(), Workload(phase=phase, seq_len=16))).key
+        assert anchor in model.baselines
+        m = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, anchor_ms=4.0, anchor_ratio=3.0)
+        assert model.at_table_speed(m, anchor) == pytest.approx(3.0 * model.baselines[anchor])
+    quiet = MeasurementModel(load_protocol("quiet"))
+    assert table_model(table.label, tmp_path / "elsewhere") == quiet  # no table there: raw time
+    assert table_model(None, tmp_path) == quiet
+    assert live_model() == MeasurementModel(live_protocol())
 
 
 def test_a_host_whose_speed_wanders_is_called_noisy_in_the_meta(tmp_path: Path) -> None:
-    """No other process, yet the probe spread 50 %: meta.json and the result say noisy host."""
-    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
-    quiet = run_fake(tmp_path / "quiet", profiler=FakeProfiler(FAST))
-    load = load_table(quiet.path).meta["load"]
-    assert quiet.noisy_host is False and load["noisy_host"] is False and load["probe_spread"] == pytest.approx(0.0)
-    wandering = dict.fromkeys(range(1, total + 1, 3), 1.5)  # a third of the points measured while the host ran 1.5x slow
-    noisy = run_fake(tmp_path / "noisy", profiler=FakeProfiler(FAST, slowdown=wandering))
-    load = load_table(noisy.path).meta["load"]
-    assert noisy.noisy_host is True and load["noisy_host"] is True and load["probe_spread"] == pytest.approx(0.5)
-    unprobed = run_fake(tmp_path / "unprobed", profiler=FakeProfiler(dataclasses.replace(FAST, reference=False), slowdown=wandering))
-    assert unprobed.noisy_host is None and "noisy_host" not in load_table(unprobed.path).meta["load"]  # not probed: unknown
+    """No other process, yet the machine's speed wandered by 50-60 %: meta.json and the result say noisy host,
+    for raw rows (their passes disagree) and anchored rows (their anchors spread) alike."""
+    three = dataclasses.replace(FAST, rounds=3)
+    quiet = run_fake(tmp_path / "quiet", profiler=FakeProfiler(three))
+    load = load_table(quiet.path).meta.load
+    assert quiet.noisy_host is False and load["noisy_host"] is False and load["speed_spread"] == pytest.approx(0.0)
+    assert load["note"] == "quiet machine" or load["under_load"]  # (other processes' load comes first in the note)
+    noisy = run_fake(tmp_path / "noisy", profiler=FakeProfiler(three, slowdown=_one_slow_pass_each()))
+    meta = load_table(noisy.path).meta
+    assert noisy.noisy_host is True and meta.noisy_host and meta.load["speed_spread"] == pytest.approx(0.6, abs=1e-3)
+    assert meta.load["under_load"] or (meta.load["note"].startswith("noisy host") and "--protocol shared-vm" in meta.load["note"])
+    # anchored: the anchors' own spread over the run
+    steady = run_fake(tmp_path / "steady", profiler=FakeProfiler(ANCHORED))
+    assert steady.noisy_host is False and load_table(steady.path).meta.load["speed_spread"] == pytest.approx(0.0)
+    wandering = dict.fromkeys(range(1, TOTAL + 1, 3), 1.5)
+    anchored = run_fake(tmp_path / "anchored", profiler=FakeProfiler(ANCHORED, slowdown=wandering))
+    meta = load_table(anchored.path).meta
+    assert anchored.noisy_host is True and meta.load["speed_spread"] == pytest.approx(0.5, rel=1e-3)
+    assert meta.load["under_load"] or "every row was timed beside its anchor" in meta.load["note"]
+    # one raw pass: nothing to tell the host's speed by
+    single = run_fake(tmp_path / "single", profiler=FakeProfiler(FAST, slowdown=wandering))
+    assert single.noisy_host is None and "noisy_host" not in load_table(single.path).meta.load
 
 
 def test_the_load_note_says_what_to_do() -> None:
-    from profilers.run import _load_entry
+    from profilers.run import load_entry, speed_spread
 
-    wandered = {"baseline_ms": 1.0, "probe_ms_p10_p90": [0.8, 1.3]}
-    steady = {"baseline_ms": 1.0, "probe_ms_p10_p90": [0.95, 1.05]}
-    assert _load_entry(0.01, False, steady, all_anchored=False)["note"] == "quiet machine"
-    note = _load_entry(0.01, False, wandered, all_anchored=False)["note"]
-    assert note.startswith("noisy host") and "spanned 50%" in note and "--anchor --anchor-prefill" in note
-    anchored = _load_entry(0.01, False, wandered, all_anchored=True)["note"]
-    assert "every row was timed beside its anchor" in anchored and "--anchor" not in anchored  # nothing more to switch on
-    busy = _load_entry(0.2, True, wandered, all_anchored=False)
+    raw, anchored = FAST, ANCHORED
+
+    def passes(spread: float) -> dict[str, float]:
+        return {"slowest_over_fastest_median": spread}
+
+    def anchors(*values_by_anchor: list[float]) -> dict[str, dict[str, object]]:
+        measurement: dict[str, dict[str, object]] = {"anchor_by_point": {}, "anchor_ms_by_point": {}}
+        for a, values in enumerate(values_by_anchor):
+            for i, v in enumerate(values):
+                measurement["anchor_by_point"][f"p{a}-{i}"] = f"anchor{a}"
+                measurement["anchor_ms_by_point"][f"p{a}-{i}"] = v
+        return measurement
+
+    assert load_entry(0.01, False, raw, {}, passes(0.05)) == {"background_cpu_share": 0.01, "under_load": False,
+                                                             "speed_spread": 0.05, "noisy_host": False, "note": "quiet machine"}
+    assert load_entry(0.01, False, raw, {}, passes(NOISY_HOST_SPREAD))["noisy_host"] is False  # above 25 %, not at it
+    note = load_entry(0.01, False, raw, {}, passes(0.3))
+    assert note["noisy_host"] is True and note["note"].startswith("noisy host") and "disagreed by 30%" in note["note"]
+    assert "--protocol shared-vm" in note["note"]
+    # anchored: the widest p10-p90 of an anchor over its median; its rows divide it out, so nothing to switch on
+    wandered = anchors([1.0] * 6 + [1.4] * 5, [2.0] * 11)
+    assert speed_spread(anchored, wandered, {}) == pytest.approx(0.4)
+    note = load_entry(0.01, False, anchored, wandered, {})
+    assert note["noisy_host"] is True and "spanned 40%" in note["note"] and "every row was timed beside its anchor" in note["note"]
+    assert "--protocol" not in note["note"]
+    steady = anchors([1.0, 1.1, 1.05, 0.95], [2.0])  # an anchor of one point tells nothing
+    assert speed_spread(anchored, steady, {}) == pytest.approx((1.085 - 0.965) / 1.025)
+    assert load_entry(0.01, False, anchored, steady, {})["noisy_host"] is False
+    assert speed_spread(anchored, anchors([2.0]), {}) is None
+    # the raw rule reads the passes only, the anchored one the anchors only
+    assert speed_spread(raw, wandered, {}) is None and speed_spread(anchored, {}, passes(0.9)) is None
+    busy = load_entry(0.2, True, raw, {}, passes(0.5))
     assert busy["note"].startswith("measured while other processes") and busy["noisy_host"]  # our own load comes first
-    assert _load_entry(0.01, False, None, all_anchored=False) == {"background_cpu_share": 0.01, "under_load": False,
-                                                                   "note": "quiet machine"}
-
-
-def test_the_anchor_divides_a_memory_drift_out_of_decode_rows(tmp_path: Path) -> None:
-    """A drift the compute probe does not see (the memory) stays in probed rows; anchored decode rows lose it."""
-    points = build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)
-    anchored = dataclasses.replace(FAST, anchor=True)
-    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(anchored)).path)
-    drift = dict.fromkeys(range(1, len(points) + 1, 3), 1.5)  # a third of the points measured 1.5x slow
-    table = load_table(run_fake(tmp_path / "drift", profiler=FakeProfiler(anchored, memory_slowdown=drift)).path)
-    probed = load_table(run_fake(tmp_path / "probed", profiler=FakeProfiler(FAST, memory_slowdown=drift)).path)
-    ratio = {r["phase"]: [] for r in table.rows}
-    for row, base, old in zip(table.rows, clean.rows, probed.rows):
-        ratio[row["phase"]].append((row["latency_ms_p50"] / base["latency_ms_p50"], old["latency_ms_p50"] / base["latency_ms_p50"]))
-    assert [a for a, _ in ratio["decode"]] == pytest.approx([1.0] * len(ratio["decode"]), rel=1e-3)  # anchored: clean
-    assert max(a for a, _ in ratio["prefill"]) == pytest.approx(1.5, rel=1e-3)  # prefill is not anchored
-    assert max(p for _, p in ratio["decode"]) == pytest.approx(1.5, rel=1e-3)  # the probe alone keeps the drift
-    info = table.meta["anchor"]
-    decode = {r.key for r in points if r.phase == "decode"}
-    assert set(info["anchor_by_point"]) == set(info["ratio_by_point"]) == decode
-    (anchor_key,) = info["baseline_ms"]  # one decode workload in GRID, one anchor
-    assert anchor_key.startswith("whole-model|decode|") and set(info["anchor_by_point"].values()) == {anchor_key}
-    # the probe scaled the other rows only; raw decode rows can be recovered from the meta
-    assert not decode & set(table.meta["reference"]["compute_share_by_point"])
-    key = sorted(decode)[0]
-    row = next(r for r in table.rows if row_key(r) == key)
-    assert row["latency_ms_p50"] == pytest.approx(info["ratio_by_point"][key] * info["baseline_ms"][anchor_key], rel=1e-4)
-
-
-@pytest.mark.parametrize(("decode", "prefill"), [(True, True), (False, True)])
-def test_anchor_prefill_divides_a_drift_out_of_prefill_rows_too(tmp_path: Path, decode: bool, prefill: bool) -> None:
-    """--anchor-prefill: prefill rows are timed beside a fixed prefill step, so a drift the probe misses leaves them too."""
-    points = build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)
-    anchored = dataclasses.replace(FAST, anchor=decode, anchor_prefill=prefill)
-    clean = load_table(run_fake(tmp_path / "clean", profiler=FakeProfiler(anchored)).path)
-    drift = dict.fromkeys(range(1, len(points) + 1, 3), 1.5)
-    table = load_table(run_fake(tmp_path / "drift", profiler=FakeProfiler(anchored, memory_slowdown=drift)).path)
-    ratio: dict[str, list[float]] = {"prefill": [], "decode": []}
-    for row, base in zip(table.rows, clean.rows):
-        ratio[row["phase"]].append(row["latency_ms_p50"] / base["latency_ms_p50"])
-    assert ratio["prefill"] == pytest.approx([1.0] * len(ratio["prefill"]), rel=1e-3)
-    if decode:
-        assert ratio["decode"] == pytest.approx([1.0] * len(ratio["decode"]), rel=1e-3)
-    else:  # decode left to the probe keeps the drift
-        assert max(ratio["decode"]) == pytest.approx(1.5, rel=1e-3)
-    info = table.meta["anchor"]
-    phases = {"prefill", "decode"} if decode else {"prefill"}
-    expected = {p.key for p in points if p.phase in phases}
-    assert set(info["anchor_by_point"]) == expected
-    assert {k.split("|")[1] for k in info["baseline_ms"]} == phases  # one anchor per workload
-    assert not expected & set(table.meta["reference"]["compute_share_by_point"])  # the probe scaled the others only
-    assert table.meta["protocol"]["anchor_prefill"] is True
+    assert load_entry(0.01, False, raw, {}, {}) == {"background_cpu_share": 0.01, "under_load": False, "note": "quiet machine"}
 
 
 def test_an_anchored_run_killed_midway_resumes_to_the_same_table(tmp_path: Path) -> None:
-    anchored = dataclasses.replace(FAST, anchor=True, rounds=2)
-    whole = load_table(run_fake(tmp_path / "whole", profiler=FakeProfiler(anchored)).path)
+    two = dataclasses.replace(ANCHORED, rounds=2)
+    whole = load_table(run_fake(tmp_path / "whole", profiler=FakeProfiler(two)).path)
     with pytest.raises(KeyboardInterrupt):
-        run_fake(tmp_path / "killed", profiler=FakeProfiler(anchored, fail_after=11))
-    resumed = load_table(run_fake(tmp_path / "killed", profiler=FakeProfiler(anchored)).path)
-    assert [r["latency_ms_p50"] for r in resumed.rows] == pytest.approx([r["latency_ms_p50"] for r in whole.rows], rel=1e-6)
-    assert resumed.meta["anchor"]["ratio_by_point"] == pytest.approx(whole.meta["anchor"]["ratio_by_point"])
+        run_fake(tmp_path / "killed", profiler=FakeProfiler(two, fail_after=TOTAL + 3))  # in the second pass
+    resumed = load_table(run_fake(tmp_path / "killed", profiler=FakeProfiler(two)).path)
+    assert p50s(resumed) == pytest.approx(p50s(whole), rel=1e-6)
+    assert resumed.meta.measurement["ratio_by_point"] == pytest.approx(whole.meta.measurement["ratio_by_point"])
+    assert resumed.meta.measurement["baseline_ms"] == pytest.approx(whole.meta.measurement["baseline_ms"])
+    assert len(resumed.meta.segments) == 2
+
+
+def test_an_anchored_row_whose_anchor_was_lost_is_measured_again(tmp_path: Path) -> None:
+    """A kill between a row's line and the state that holds its anchor: the row cannot become ratio * baseline."""
+    with pytest.raises(KeyboardInterrupt):
+        run_fake(tmp_path, profiler=FakeProfiler(ANCHORED, fail_after=6))
+    state_path = tmp_path / HERE / "fake" / ".tiny-llama.run.json"
+    state = json.loads(state_path.read_text())
+    lost = sorted(state["anchor"])[:2]
+    for key in lost:
+        del state["anchor"][key]
+    state_path.write_text(json.dumps(state))
+    counter = FakeProfiler(ANCHORED)
+    result = run_fake(tmp_path, profiler=counter)
+    assert result.resumed_points == 4 and counter.points_started == TOTAL - 4
+    assert set(load_table(result.path).meta.measurement["ratio_by_point"]) == {p.key for p in POINTS}
 
 
 def test_a_run_killed_between_passes_resumes_without_measuring_a_pass_twice(tmp_path: Path) -> None:
     three = dataclasses.replace(FAST, rounds=3)
-    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
     with pytest.raises(KeyboardInterrupt):
-        run_fake(tmp_path, profiler=FakeProfiler(three, fail_after=total + 10))  # killed in the second pass
+        run_fake(tmp_path, profiler=FakeProfiler(three, fail_after=TOTAL + 10))  # killed in the second pass
     counter = FakeProfiler(three)
     result = run_fake(tmp_path, profiler=counter)
     # at most the passes since the last state save (every 5th) are measured again
-    assert 2 * total - 10 <= counter.points_started <= 2 * total - 10 + 5
-    assert result.rows == total and load_table(result.path).meta["protocol"]["rounds"] == 3
+    assert 2 * TOTAL - 10 <= counter.points_started <= 2 * TOTAL - 10 + 5
+    table = load_table(result.path)
+    assert result.rows == TOTAL and table.meta.protocol is not None and table.meta.protocol.rounds == 3
+    assert all(len(v) == 3 for v in table.meta.passes["values_by_point"].values())
+
+
+def _staggered_with_fast_moments(tmp_path: Path) -> Path:
+    """A staggered 3-pass fake table where every fourth pass ran 30 % fast (a moment of an idle neighbour)."""
+    fast = dict.fromkeys(range(2, 3 * TOTAL + 1, 4), 0.7)
+    staggered = dataclasses.replace(FAST, rounds=3, stagger=True)
+    return run_fake(tmp_path, profiler=FakeProfiler(staggered, noise_cv=0.01, seed=0, slowdown=fast)).path
+
+
+def test_a_staggered_run_keeps_each_points_middle_pass(tmp_path: Path) -> None:
+    table = load_table(_staggered_with_fast_moments(tmp_path))
+    passes = table.meta.passes["values_by_point"]
+    assert table.meta.passes["kept"].startswith("the middle pass")
+    judged = {row_key(r): r["latency_ms_p50"] for r in table.rows}  # raw rows: judged by their p50
+    assert judged == pytest.approx({k: sorted(v)[1] for k, v in passes.items()}, rel=1e-4)
+    outliers = [k for k, v in passes.items() if min(v) < 0.85 * sorted(v)[1]]
+    assert outliers and all(judged[k] > 1.1 * min(passes[k]) for k in outliers)  # the fast moment was not kept
 
 
 def test_run_killed_before_its_first_point_resumes(tmp_path: Path) -> None:
@@ -230,10 +339,10 @@ def test_run_killed_before_its_first_point_resumes(tmp_path: Path) -> None:
     assert sorted(p.name for p in result.path.parent.iterdir()) == ["meta.json", "tiny-llama.csv"]
 
 
-def test_resume_with_other_settings_is_refused_until_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("other", [dataclasses.replace(FAST, warmup=2), ANCHORED])
+def test_resume_with_other_settings_is_refused_until_restart(tmp_path: Path, other: ProtocolConfig) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_fake(tmp_path, profiler=FakeProfiler(FAST, fail_after=3))
-    other = ProtocolConfig(threads=1, warmup=2, repeats=5, min_repeats=3, max_point_seconds=0.5, min_sample_ms=0.0, rounds=1)
     with pytest.raises(AnyshapeError, match="protocol differ"):
         run_fake(tmp_path, profiler=FakeProfiler(other))
     result = run_fake(tmp_path, profiler=FakeProfiler(other), restart=True)
@@ -245,6 +354,106 @@ def test_existing_table_needs_overwrite(tmp_path: Path) -> None:
     with pytest.raises(AnyshapeError, match="--overwrite"):
         run_fake(tmp_path)
     assert run_fake(tmp_path, overwrite=True).rows > 0
+
+
+# --------------------------------------------------------------------------- meta.json
+
+
+def test_table_meta_round_trips(tmp_path: Path) -> None:
+    for name, protocol in (("raw", FAST), ("anchored", dataclasses.replace(ANCHORED, rounds=2))):
+        path = run_fake(tmp_path / name, profiler=FakeProfiler(protocol)).path
+        meta = load_table(path).meta
+        data = meta.to_dict()
+        assert data["format"] == TABLE_FORMAT and data["protocol"] == protocol.to_dict()
+        assert TableMeta.from_dict(data, "here") == meta
+        assert TableMeta.from_dict(json.loads(json.dumps(data)), "here") == meta  # through JSON too
+        entry = json.loads((path.parent / "meta.json").read_text())["tables"]["tiny-llama"]
+        assert TableMeta.from_dict(entry, "here") == meta == table_meta(path)  # what is on disk is what load_table gives
+        assert "format" not in dataclasses.asdict(meta)
+    estimate_meta = TableMeta(source="roofline-estimate", device="a5000", runtime="torch", model="m", family="llama",
+                              kind="decoder", config_sha256="0" * 64, shape_space={"num_layers": 2}, date="today",
+                              software={"torch": "2.5.1"}, grid=GRID.to_dict(), composition="c", note="ESTIMATE")
+    assert TableMeta.from_dict(estimate_meta.to_dict(), "here") == estimate_meta and estimate_meta.measurement_model() is None
+
+
+def _entry(path: Path) -> dict[str, object]:
+    return json.loads((path.parent / "meta.json").read_text())["tables"]["tiny-llama"]
+
+
+def test_a_meta_with_an_unknown_or_missing_field_is_refused(table_path: Path) -> None:
+    entry = _entry(table_path)
+    with pytest.raises(AnyshapeError, match=r"here: unknown meta field\(s\) \['reference'\]"):
+        TableMeta.from_dict({**entry, "reference": {"baseline_ms": 1.0}}, "here")  # v1's probe record
+    missing = {k: v for k, v in entry.items() if k != "config_sha256"}
+    with pytest.raises(AnyshapeError, match=r"here: meta misses \['config_sha256'\]"):
+        TableMeta.from_dict(missing, "here")
+    with pytest.raises(AnyshapeError, match=r"protocol has unknown field\(s\) \['anchor'\]"):
+        TableMeta.from_dict({**entry, "protocol": {**entry["protocol"], "anchor": True}}, "here")  # type: ignore[dict-item]
+    with pytest.raises(AnyshapeError, match="a measured table's meta needs its protocol"):
+        TableMeta.from_dict({k: v for k, v in entry.items() if k != "protocol"}, "here")
+    with pytest.raises(AnyshapeError, match=r"measurement.reference is 'anchor' but protocol custom uses 'none'"):
+        TableMeta.from_dict({**entry, "measurement": {"reference": "anchor", "baseline_ms": {"a": 1.0}}}, "here")
+    with pytest.raises(AnyshapeError, match="table source is 'guessed'"):
+        TableMeta.from_dict({**entry, "source": "guessed"}, "here")
+    with pytest.raises(AnyshapeError, match="format is 'anyshape/latency-table-v9'"):
+        TableMeta.from_dict({**entry, "format": "anyshape/latency-table-v9"}, "here")
+    # and load_table says so, in one line naming the file and the table
+    meta_path = table_path.parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tables"]["tiny-llama"]["reference"] = {"baseline_ms": 1.0}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(AnyshapeError, match=r"meta.json table 'tiny-llama': unknown meta field") as e:
+        load_table(table_path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_v1_table_is_refused_with_what_to_do(table_path: Path) -> None:
+    v1 = {**_entry(table_path), "format": "anyshape/latency-table-v1"}
+    with pytest.raises(AnyshapeError, match="measure it again with anyshape profile --protocol") as e:
+        TableMeta.from_dict(v1, "here")
+    assert "\n" not in str(e.value)
+    meta_path = table_path.parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tables"]["tiny-llama"]["format"] = "anyshape/latency-table-v1"  # a v1 entry in a v2 folder
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(AnyshapeError, match=r"latency-table-v1, .*measure it again"):
+        load_table(table_path)
+    with pytest.raises(AnyshapeError, match=r"latency-table-v1, .*measure it again"):
+        table_meta(table_path)
+    meta["format"] = "anyshape/latency-table-v1"  # a whole v1 folder, as an older anyshape wrote it
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(AnyshapeError, match=r"latency-table-v1, .*measure its tables again .*--overwrite") as e:
+        load_table(table_path)
+    assert "\n" not in str(e.value)
+
+
+def test_an_unreadable_meta_is_refused_not_replaced(table_path: Path) -> None:
+    """meta.json describes every table of its folder: a write that cannot read it must not drop the others."""
+    meta_path = table_path.parent / "meta.json"
+    table = load_table(table_path)
+    meta_path.write_text("{not json")
+    other = table_path.with_name("other.csv")
+    with pytest.raises(AnyshapeError, match="is not valid JSON"):
+        write_table(other, table.rows, table.meta)
+    assert meta_path.read_text() == "{not json" and not other.exists()  # neither file written
+    # a run refuses at its start, before measuring anything
+    counter = FakeProfiler(FAST)
+    with pytest.raises(AnyshapeError, match="is not valid JSON"):
+        profile(SPEC, HERE, "fake", table_path.parent.parent.parent, grid=GRID, profiler=counter, name="other",
+                progress=False, bandwidth_buffer_mib=16)
+    assert counter.points_started == 0 and not other.exists()
+
+
+def test_a_second_table_joins_the_folders_meta(table_path: Path) -> None:
+    table = load_table(table_path)
+    other = table_path.with_name("another.csv")
+    write_table(other, table.rows[:3], dataclasses.replace(table.meta, model="another"))
+    meta = json.loads((table_path.parent / "meta.json").read_text())
+    assert list(meta["tables"]) == ["another", "tiny-llama"]  # sorted, the first one kept
+    assert load_table(table_path).meta == table.meta
+    again = load_table(other)
+    assert again.meta.rows == 3 and again.meta.file == "another.csv" and again.meta.model == "another"
+    assert sorted(p.name for p in table_path.parent.iterdir()) == ["another.csv", "meta.json", "tiny-llama.csv"]  # no temp files
 
 
 # --------------------------------------------------------------------------- bad tables
@@ -327,6 +536,7 @@ def test_list_tables_reports_each_table(tmp_path: Path) -> None:
     (tmp_path / "broken" / "torch" / "t.csv").write_text("garbage\n")
     listed = {t["device"]: t for t in list_tables(tmp_path)}
     assert listed[HERE]["source"] == "measured" and listed[HERE]["status"] == "ok" and listed[HERE]["rows"] > 0
+    assert listed[HERE]["protocol"] == FAST.name and listed[HERE]["noisy_host"] is None
     assert listed["broken"]["status"].startswith(str(tmp_path / "broken")) or "meta.json" in listed["broken"]["status"]
 
 
@@ -342,7 +552,8 @@ def test_estimates_are_marked_and_slower_on_smaller_devices(tmp_path: Path) -> N
         assert result.source == "roofline-estimate"
         tables[device] = load_table(result.path)
     for table in tables.values():
-        assert table.source == "roofline-estimate" and "ESTIMATE" in table.meta["note"]
+        assert table.source == "roofline-estimate" and "ESTIMATE" in table.meta.note
+        assert table.meta.protocol is None and table.meta.measurement_model() is None and not table.meta.measured
         assert all(r["repeats"] == 0 for r in table.rows)
         assert "(roofline-estimate)" in table.label
     def whole(device: str) -> float:
@@ -446,6 +657,14 @@ def test_cli_entry_point_exits_non_zero_without_traceback(tmp_path: Path) -> Non
     assert done.stderr.startswith("anyshape: error: unknown device 'tpu-v9'") and done.stderr.count("\n") == 1
 
 
+#: protocol files the CLI cases below name as {file}
+PROTOCOL_FILES = {
+    "negative-sample": "min_sample_ms: -1\n",
+    "spinning-anchor": "extends: shared-vm\nspinning: true\n",
+    "old-switch": "extends: quiet\nanchor: true\n",
+}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -456,9 +675,12 @@ def test_cli_entry_point_exits_non_zero_without_traceback(tmp_path: Path) -> Non
         (["--device", HERE, "--model", "ref-decoder", "--runtime", "tensorrt"], "unknown runtime 'tensorrt'"),
         (["--device", HERE, "--model", "no/such-model-here", "--grid", "{bad"], "--grid is not valid JSON"),
         (["--device", HERE, "--model", "ref-decoder", "--threads", "0"], "protocol.threads is 0"),
-        (["--device", HERE, "--model", "ref-decoder", "--min-sample-ms", "-1"], "protocol.min_sample_ms is -1.0; it must be >= 0"),
-        (["--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--anchor"], "--anchor-prefill on onnxruntime need --no-spinning"),
-        (["--device", HERE, "--model", "minilm", "--runtime", "onnxruntime", "--anchor-prefill"], "on onnxruntime need --no-spinning"),
+        (["--device", HERE, "--model", "ref-decoder", "--threads", "100000"], "allowed range 1.."),
+        (["--device", HERE, "--model", "ref-decoder", "--protocol", "loud"], "--protocol loud: no such preset or file; presets:"),
+        (["--device", HERE, "--model", "ref-decoder", "--protocol", "{negative-sample}"], "protocol.min_sample_ms is -1; it must be >= 0"),
+        (["--device", HERE, "--model", "ref-decoder", "--protocol", "{old-switch}"], "unknown field(s) ['anchor']"),
+        (["--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--protocol", "{spinning-anchor}"],
+         "set spinning: false"),
         (["--device", "gpu", "--model", "ref-decoder", "--estimate"], "unknown device 'gpu'"),
     ],
 )
@@ -467,6 +689,10 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
     if "CUDA" in message and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    for name, text in PROTOCOL_FILES.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    files = {f"{{{n}}}": str(tmp_path / f"{n}.yaml") for n in PROTOCOL_FILES}
+    args = [files.get(a, a) for a in args]
     done = cli(capsys, "profile", *args, "--out", str(tmp_path))
     assert done.returncode == 1, done.stderr
     assert message in done.stderr
@@ -475,19 +701,27 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_cli_protocol_options_reach_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import profilers.run
+    from profilers.protocol import load_protocol
 
     seen = {}
 
     def fake_profile(model, device, runtime, out, *, protocol, **kwargs):  # type: ignore[no-untyped-def]
-        seen["protocol"] = protocol
+        seen["protocol"], seen["progress"] = protocol, kwargs.get("progress")
         raise AnyshapeError("stop here")
 
     monkeypatch.setattr(profilers.run, "profile", fake_profile)
-    done = cli(capsys, "profile", "--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--no-spinning", "--anchor",
-               "--min-sample-ms", "20", "--rounds", "15", "--out", str(tmp_path))
+    base = ["profile", "--device", HERE, "--model", "ref-decoder", "--runtime", "onnxruntime", "--out", str(tmp_path)]
+    done = cli(capsys, *base, "--protocol", "shared-vm", "--threads", "1", "--no-progress")
     assert done.returncode == 1 and "stop here" in done.stderr
+    assert seen["protocol"] == load_protocol("shared-vm", threads=1) and seen["progress"] is False
+    done = cli(capsys, *base)  # the default: quiet, every CPU this process may use
+    assert seen["protocol"] == load_protocol("quiet") and seen["protocol"].name == "quiet" and seen["progress"] is True
+    mine = tmp_path / "slow-vm.yaml"
+    mine.write_text("extends: shared-vm\nmin_sample_ms: 20\nrounds: 15\n")
+    done = cli(capsys, *base, "--protocol", str(mine))
     protocol = seen["protocol"]
-    assert (protocol.min_sample_ms, protocol.rounds, protocol.spinning, protocol.anchor) == (20.0, 15, False, True)
+    assert (protocol.min_sample_ms, protocol.rounds, protocol.spinning, protocol.reference) == (20.0, 15, False, "anchor")
+    assert protocol.name == "slow-vm.yaml"
     assert protocol.to_dict()["min_sample_ms"] == 20.0  # part of the run's identity: a resume with another value refuses
 
 
@@ -499,7 +733,7 @@ def test_cli_estimate_and_tables_list(tmp_path: Path, capsys: pytest.CaptureFixt
     assert listed.returncode == 0, listed.stderr
     (entry,) = json.loads(listed.stdout)
     assert entry["device"] == "jetson-orin-nano-8gb" and entry["source"] == "roofline-estimate"
-    assert entry["rows"] > 0 and entry["date"] and entry["status"] == "ok"
+    assert entry["rows"] > 0 and entry["date"] and entry["status"] == "ok" and entry["protocol"] is None
     shown = cli(capsys, "tables", "list", "--root", str(tmp_path))
     assert "roofline-estimate" in shown.stdout
 
@@ -526,249 +760,14 @@ def test_calibration_recovers_the_efficiency_of_a_known_device(tmp_path: Path) -
 
 
 def test_gpu_estimates_calibrate_on_a_measured_gpu_table(tmp_path: Path) -> None:
-    from profilers.environment import software_versions
     from profilers.roofline import GPU_PRIOR, estimate
-    from profilers.tables import write_table
 
     prior = load_table(estimate(SPEC, "a5000", "torch", tmp_path / "prior", grid=GRID).path)
-    assert prior.meta["roofline"]["efficiency"]["source"] == GPU_PRIOR.source
+    assert prior.meta.roofline["efficiency"]["source"] == GPU_PRIOR.source
     # pretend an H100 was measured (rows from the fake, filed as a measured h100 torch table)
-    rows = load_table(run_fake(tmp_path / "fake", profiler=FakeProfiler(FAST, gflops=2e5, bandwidth_gb_s=1000)).path).rows
-    entry = {"source": "measured", "device": "h100", "runtime": "torch", "software": software_versions()}
-    write_table(tmp_path / "cal" / "h100" / "torch" / "tiny-llama.csv", rows, entry)
+    fake = load_table(run_fake(tmp_path / "fake", profiler=FakeProfiler(FAST, gflops=2e5, bandwidth_gb_s=1000)).path)
+    write_table(tmp_path / "cal" / "h100" / "torch" / "tiny-llama.csv", fake.rows,
+                dataclasses.replace(fake.meta, device="h100", runtime="torch"))
     calibrated = load_table(estimate(SPEC, "a5000", "torch", tmp_path / "cal", grid=GRID).path)
-    assert calibrated.meta["roofline"]["efficiency"]["source"].startswith("calibrated on h100/torch/tiny-llama")
+    assert calibrated.meta.roofline["efficiency"]["source"].startswith("calibrated on h100/torch/tiny-llama")
     assert calibrated.source == "roofline-estimate"
-
-
-def test_verify_sets_a_measurement_at_the_tables_machine_speed(tmp_path: Path) -> None:
-    from nas.verify import _protocol_like, _table_speed_rule
-    from profilers.protocol import Measurement
-
-    table = load_table(run_fake(tmp_path).path)  # the fake probe's baseline is 1 ms
-    label = table.label
-    small = {"flops": 1e6, "weight_bytes": 1e6, "activation_bytes": 1e5}  # fits the cache: the cores' time
-    slow_moment = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, reference_ms=1.2)
-    rule = _table_speed_rule(label, tmp_path, small)
-    assert rule is not None and rule.at_table_speed(slow_moment) == pytest.approx(10.0)
-    # a memory-bound shape is corrected by its compute share only, as the table scaled its rows
-    big = {"flops": 1e6, "weight_bytes": 8e9, "activation_bytes": 0.0}
-    memory_bound = _table_speed_rule(label, tmp_path, big)
-    assert memory_bound is not None and memory_bound.at_table_speed(slow_moment) == pytest.approx(12.0, rel=1e-3)
-    # the same rule judges verify's passes: (baseline, share) before measuring
-    assert memory_bound.baseline_ms == pytest.approx(1.0) and memory_bound.share < 0.01
-    assert (rule.baseline_ms, rule.share, rule.anchor) == (pytest.approx(1.0), pytest.approx(1.0), None)
-    assert _table_speed_rule(label, tmp_path / "elsewhere", small) is None
-    assert _table_speed_rule(None, tmp_path, small) is None
-    assert rule.at_table_speed(dataclasses.replace(slow_moment, reference_ms=None)) is None
-    # an unanchored table has no anchor rule: a decode shape falls back to the probe
-    assert _table_speed_rule(label, tmp_path, small, anchor="whole-model|decode|x") == rule
-    assert _protocol_like(rule) is not None and not _protocol_like(rule).anchor and _protocol_like(None) is None
-
-
-def test_verify_times_an_anchored_tables_decode_shapes_beside_the_same_anchor(tmp_path: Path) -> None:
-    from nas.verify import _protocol_like, _table_speed_rule, whole_model_point
-    from nas.workload import Workload
-    from profilers.protocol import Measurement
-    from profilers.workload import anchor_point
-
-    anchored = dataclasses.replace(FAST, anchor=True, spinning=False)
-    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(anchored)).path)
-    space = SPEC.family.space(SPEC.config)
-    shape = space.full_shape()
-    point = whole_model_point(shape, Workload(phase="decode", seq_len=16))
-    anchor = anchor_point(space, point).key
-    baseline = table.meta["anchor"]["baseline_ms"][anchor]
-    small = {"flops": 1e6, "weight_bytes": 1e6, "activation_bytes": 1e5}
-    rule = _table_speed_rule(table.label, tmp_path, small, anchor=anchor)
-    assert rule is not None and rule.anchor == anchor and rule.baseline_ms == pytest.approx(baseline)
-    m = Measurement(11.0, 12.0, 13.0, 5, 0.01, False, 1, 1, anchor_ms=4.0, anchor_ratio=3.0)
-    assert rule.at_table_speed(m) == pytest.approx(3.0 * baseline)  # the ratio, in the table's anchor
-    assert rule.at_table_speed(dataclasses.replace(m, anchor_ratio=None)) is None
-    protocol = _protocol_like(rule)  # verify measures as the table did: anchored, ORT threads not spinning, its sample length
-    assert protocol.anchor and not protocol.spinning and protocol.min_sample_ms == FAST.min_sample_ms == 0.0
-    # the anchor verify builds is the one the table used for this workload
-    assert set(table.meta["anchor"]["anchor_by_point"].values()) == {anchor}
-    # a prefill shape (no anchor) keeps the probe's rule
-    assert _table_speed_rule(table.label, tmp_path, small).anchor is None  # type: ignore[union-attr]
-    prefill_anchor = anchor_point(space, whole_model_point(shape, Workload(phase="prefill", seq_len=16))).key
-    assert _table_speed_rule(table.label, tmp_path, small, anchor=prefill_anchor).anchor is None  # type: ignore[union-attr]
-
-
-def test_verify_times_an_anchor_prefill_tables_prefill_shapes_beside_its_anchor(tmp_path: Path) -> None:
-    from nas.verify import _protocol_like, _table_speed_rule, whole_model_point
-    from nas.workload import Workload
-    from profilers.workload import anchor_point
-
-    anchored = dataclasses.replace(FAST, anchor_prefill=True, spinning=False)
-    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(anchored)).path)
-    space = SPEC.family.space(SPEC.config)
-    point = whole_model_point(space.full_shape(), Workload(phase="prefill", seq_len=16))
-    anchor = anchor_point(space, point).key
-    small = {"flops": 1e6, "weight_bytes": 1e6, "activation_bytes": 1e5}
-    rule = _table_speed_rule(table.label, tmp_path, small, anchor=anchor)
-    assert rule is not None and rule.anchor == anchor
-    assert rule.baseline_ms == pytest.approx(table.meta["anchor"]["baseline_ms"][anchor])
-    protocol = _protocol_like(rule)
-    assert protocol.anchored("prefill") and protocol.anchored("decode")  # verify times one phase: the table's anchor for it
-
-
-def test_compute_share_follows_the_roofline() -> None:
-    from profilers.run import compute_share
-
-    decode = {"flops": 1e9, "weight_bytes": 1.9e9, "activation_bytes": 0.1e9}  # 5 ms of compute, 50 ms of memory
-    assert compute_share(decode, gflops=200, bandwidth_gb_s=40, cache_bytes=32 << 20) == pytest.approx(5 / 55)
-    prefill = {**decode, "flops": 1e12}
-    assert compute_share(prefill, gflops=200, bandwidth_gb_s=40, cache_bytes=32 << 20) == pytest.approx(5000 / 5050)
-    # bytes that fit the last-level cache, or unknown roofs: all of the time is the cores'
-    assert compute_share(decode, gflops=200, bandwidth_gb_s=40, cache_bytes=4 << 30) == 1.0
-    assert compute_share(decode, gflops=0, bandwidth_gb_s=40, cache_bytes=32 << 20) == 1.0
-
-
-def test_rescale_scales_an_old_table_by_compute_share_from_its_probes(tmp_path: Path) -> None:
-    from profilers.run import rescale_table
-    from profilers.tables import row_key
-
-    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID))
-    slow = dict.fromkeys(range(1, total + 1, 3), 1.5)
-    path = run_fake(tmp_path, profiler=FakeProfiler(FAST, slowdown=slow)).path
-    assert rescale_table(path) == 0  # written by share already
-    # as an older anyshape wrote it: every row scaled in full, no shares; and a 1 KiB cache, so bytes count
-    meta_path = path.parent / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    entry = meta["tables"][path.stem]
-    del entry["reference"]["compute_share_by_point"]
-    entry["fingerprint"]["l3_cache"] = "1K"
-    meta_path.write_text(json.dumps(meta))
-    before = load_table(path)
-    changed = rescale_table(path)
-    after = load_table(path)
-    ref = after.meta["reference"]
-    baseline, probes, shares = ref["baseline_ms"], ref["probe_ms_by_point"], ref["compute_share_by_point"]
-    assert set(shares) == {row_key(r) for r in after.rows} and all(0 < s <= 1 for s in shares.values())
-    assert changed == sum(1 for k, s in shares.items() if s < 0.999 and abs(probes[k] / baseline - 1) > 1e-2)
-    assert changed > 0 and "rescaled" in ref
-    for old, new in zip(before.rows, after.rows):
-        k = row_key(old)
-        raw = old["latency_ms_p50"] * probes[k] / baseline
-        assert new["latency_ms_p50"] == pytest.approx(raw * (baseline / probes[k]) ** shares[k], rel=1e-4)
-    assert rescale_table(path) == 0  # once is enough
-    assert after.meta["fingerprint"]["l3_cache"] == "1K" and after.meta["rows"] == len(after.rows)
-
-
-def test_a_run_judges_each_points_passes_by_its_compute_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kept pass is chosen by the rule the rows are scaled by: p50 / probe ** compute share."""
-    import profilers.run as run_module
-    from profilers.protocol import kept_pass
-
-    judged: list[float] = []
-
-    def recording(rounds, compute_share=1.0, *, middle=False):  # type: ignore[no-untyped-def]
-        judged.append(compute_share)
-        assert not middle  # whole passes: the fastest
-        return kept_pass(rounds, compute_share)
-
-    from profilers.environment import Bandwidth
-
-    monkeypatch.setattr(run_module, "kept_pass", recording)
-    monkeypatch.setattr(run_module, "l3_cache_bytes", lambda text=None: 1024)  # a 1 KiB cache: bytes count
-    # fixed roofs: the run measures them at its start and its end (the best is kept), and on this
-    # machine the two differed enough to move a share by 0.057
-    roofs = Bandwidth(copy_gb_s=20.0, read_gb_s=25.0, gemv_gb_s=10.0, buffer_mib=16, threads=1, passes=1)
-    monkeypatch.setattr(run_module, "best_bandwidth", lambda *a, **k: roofs)
-    monkeypatch.setattr(run_module, "measure_matmul_gflops", lambda *a, **k: 100.0)
-    two = dataclasses.replace(FAST, rounds=2)
-    table = load_table(run_fake(tmp_path, profiler=FakeProfiler(two, seed=0)).path)
-    shares = table.meta["reference"]["compute_share_by_point"]
-    assert len(judged) == len(table.rows) == len(shares)
-    assert judged == pytest.approx(list(shares.values()), abs=1e-4)  # the same rule (meta.json rounds to 4 places)
-    assert min(judged) < 0.5  # memory-bound points were judged nearly raw, not per probe in full
-    assert table.meta["passes"]["kept"].startswith("fastest pass (p50 / reference probe ** compute share")
-
-
-def _staggered_with_fast_moments(tmp_path: Path) -> Path:
-    """A staggered 3-pass fake table where every fourth pass ran 30 % fast (a moment the probe over-corrected)."""
-    total = len(build_points(SPEC.family, SPEC.family.space(SPEC.config), GRID)) * 3
-    fast = dict.fromkeys(range(2, total + 1, 4), 0.7)
-    staggered = dataclasses.replace(FAST, rounds=3, stagger=True)
-    return run_fake(tmp_path, profiler=FakeProfiler(staggered, noise_cv=0.01, seed=0, memory_slowdown=fast)).path
-
-
-def _judged_rows(table) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Each row's p50 at the run's speed: what its passes were judged by (p50 / probe ** share)."""
-    ref = table.meta["reference"]
-    return {row_key(r): r["latency_ms_p50"] / ref["baseline_ms"] ** ref["compute_share_by_point"][row_key(r)] for r in table.rows}
-
-
-def test_a_staggered_run_keeps_each_points_middle_pass(tmp_path: Path) -> None:
-    from profilers.run import KEPT_MIDDLE
-
-    table = load_table(_staggered_with_fast_moments(tmp_path))
-    passes = table.meta["passes"]["p50_by_point"]
-    assert table.meta["passes"]["kept"] == KEPT_MIDDLE
-    judged = _judged_rows(table)
-    assert judged == pytest.approx({k: sorted(v)[1] for k, v in passes.items()}, rel=1e-4)
-    outliers = [k for k, v in passes.items() if min(v) < 0.85 * sorted(v)[1]]
-    assert outliers and all(judged[k] > 1.1 * min(passes[k]) for k in outliers)  # the fast moment was not kept
-
-
-def test_rekeep_moves_an_old_staggered_table_to_its_middle_passes(tmp_path: Path) -> None:
-    from profilers.run import KEPT_FASTEST, KEPT_MIDDLE, rekeep_middle_pass
-    from profilers.tables import write_table
-
-    path = _staggered_with_fast_moments(tmp_path)
-    assert rekeep_middle_pass(path) == 0  # kept the middle already
-    # as an older anyshape wrote it: every row from its fastest pass
-    middle = load_table(path)
-    passes = middle.meta["passes"]["p50_by_point"]
-    old_rows = [{**r, **{c: r[c] * min(passes[row_key(r)]) / sorted(passes[row_key(r)])[1]
-                         for c in ("latency_ms_p10", "latency_ms_p50", "latency_ms_p90")}} for r in middle.rows]
-    entry = {k: v for k, v in middle.meta.items() if k not in ("rows", "file")}
-    entry["passes"] = {**entry["passes"], "kept": KEPT_FASTEST}
-    write_table(path, old_rows, entry)
-    changed = rekeep_middle_pass(path)
-    after = load_table(path)
-    assert changed == sum(1 for v in passes.values() if sorted(v)[1] / min(v) > 1.001) > 0
-    assert after.meta["passes"]["kept"] == KEPT_MIDDLE and "rekept" in after.meta["passes"]
-    for new, before in zip(after.rows, middle.rows):
-        assert new["latency_ms_p50"] == pytest.approx(before["latency_ms_p50"], rel=1e-4)  # the CSV keeps 6 digits
-        assert new["latency_ms_p90"] == pytest.approx(before["latency_ms_p90"], rel=1e-4)
-    assert rekeep_middle_pass(path) == 0  # once is enough
-    unstaggered = run_fake(tmp_path / "whole", profiler=FakeProfiler(dataclasses.replace(FAST, rounds=3), seed=0)).path
-    assert rekeep_middle_pass(unstaggered) == 0  # whole passes keep the fastest
-
-
-def test_refiling_moves_a_cpu_table_to_the_slug_its_fingerprint_gives(tmp_path: Path) -> None:
-    import shutil
-
-    from profilers.tables import refile_cpu_tables
-
-    made = run_fake(tmp_path / "made").path
-    old = tmp_path / "root" / "cpu-amd-epyc-2c" / "fake"
-    shutil.copytree(made.parent, old)
-    (old / "tiny-llama.predictor.json").write_text("{}")  # a derived predictor: goes with the folder
-    meta = json.loads((old / "meta.json").read_text())
-    meta["device"] = "cpu-amd-epyc-2c"
-    meta["tables"]["tiny-llama"].update(device="cpu-amd-epyc-2c")
-    meta["tables"]["tiny-llama"]["fingerprint"].update(cpu_model="AMD EPYC", cpu_vendor="AuthenticAMD", cpu_family="25",
-                                                       cpu_model_id="17", logical_cores=2)
-    (old / "meta.json").write_text(json.dumps(meta))
-    before = (old / "tiny-llama.csv").read_text()
-    copy = tmp_path / "copy"
-    shutil.copytree(tmp_path / "root", copy)
-    moves = refile_cpu_tables(tmp_path / "root")
-    target = tmp_path / "root" / "cpu-amd-epyc-zen4-2c" / "fake" / "tiny-llama.csv"
-    assert moves == [(old / "tiny-llama.csv", target)]
-    assert target.read_text() == before and not (tmp_path / "root" / "cpu-amd-epyc-2c").exists()
-    table = load_table(target, device="cpu-amd-epyc-zen4-2c", check_software=False)
-    assert table.meta["device"] == "cpu-amd-epyc-zen4-2c"
-    assert refile_cpu_tables(tmp_path / "root") == []  # where it belongs now
-    shutil.copytree(target.parent, copy / "cpu-amd-epyc-zen4-2c" / "fake")  # the target is taken: refused, nothing moved
-    with pytest.raises(AnyshapeError, match="exists already"):
-        refile_cpu_tables(copy)
-    assert (copy / "cpu-amd-epyc-2c" / "fake" / "tiny-llama.csv").read_text() == before
-    (copy / "cpu-amd-epyc-2c" / "fake" / "tiny-llama.csv").unlink()  # meta.json names a CSV that is gone
-    with pytest.raises(AnyshapeError, match=r"names tiny-llama\.csv, which is not there"):
-        refile_cpu_tables(copy)
-    with pytest.raises(AnyshapeError, match="no tables folder"):
-        refile_cpu_tables(tmp_path / "nowhere")

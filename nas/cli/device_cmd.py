@@ -14,8 +14,9 @@ def device_report(tables_root: Path) -> dict[str, Any]:
     """This machine's slug and CPU, its own tables, the other CPUs' tables it can calibrate from, and its calibrations."""
     from nas.predictor.calibration import cache_dir, list_calibrations
     from profilers.environment import cpu_slug, device_fingerprint
-    from profilers.tables import list_tables
+    from profilers.tables import find_tables_root, list_tables
 
+    tables_root = find_tables_root(tables_root)
     slug = cpu_slug()
     fingerprint = device_fingerprint()
     tables = list_tables(tables_root)

@@ -32,7 +32,9 @@ def predictor_for(
     """
     from nas.predictor.calibration import find_calibration, load_calibration_file
     from profilers.run import config_sha256, resolve_model_spec
+    from profilers.tables import find_tables_root
 
+    tables_root = find_tables_root(tables_root)
     spec = resolve_model_spec(model)
     name = table or spec.name
     csv_path = Path(tables_root) / device / runtime / f"{name}.csv"
@@ -74,8 +76,9 @@ def predictor_for(
 
 def table_predictor(csv_path: Path, model_config: dict[str, Any], *, refit: bool = False, seed: int = 0,
                     allow_lut_only: bool = False, holdout_fraction: float = 0.4) -> LatencyPredictor:  # fmt: skip
-    """The table's saved predictor (beside it), fit and saved on first use or with ``refit``."""
-    path = csv_path.with_name(f"{csv_path.stem}.predictor.json")
+    """The table's saved predictor (beside it, or in the per-user cache where its folder is read-only,
+    as the tables shipped in the package are), fit and saved on first use or with ``refit``."""
+    path = predictor_file(csv_path)
     if path.is_file() and not refit:
         predictor = load_predictor(path)
         if predictor.refit_reason:
@@ -88,31 +91,42 @@ def table_predictor(csv_path: Path, model_config: dict[str, Any], *, refit: bool
     return predictor
 
 
+def predictor_file(csv_path: Path) -> Path:
+    """Where the predictor of the table at ``csv_path`` is saved: beside it, else ``<cache>/predictors/<device>/<runtime>/``."""
+    import os
+
+    beside = csv_path.with_name(f"{csv_path.stem}.predictor.json")
+    if os.access(csv_path.parent, os.W_OK):
+        return beside
+    from nas.predictor.calibration import cache_dir
+
+    return cache_dir() / "predictors" / csv_path.parent.parent.name / csv_path.parent.name / beside.name
+
+
 def _warn_about_table(csv_path: Path, device: str, name: str) -> None:
     """Say so when a measured table's latencies may not hold: measured on another CPU model than this
-    machine's slug names, or (ONNX Runtime) on a model whose equal layers the runtime shared."""
+    machine's slug names, on a noisy host with raw rows (its meta.json load.note says what to do), or
+    (ONNX Runtime) on a model whose equal layers the runtime shared."""
     from profilers.environment import cpu_mismatch, cpu_slug
-    from profilers.tables import read_meta
+    from profilers.tables import table_meta
 
     try:
-        entry = (read_meta(csv_path.parent).get("tables") or {}).get(name) or {}
+        meta = table_meta(csv_path)
     except AnyshapeError:
         return
-    if entry.get("source") != "measured":
+    if not meta.measured:
         return
     runtime = csv_path.parent.name
     redo = f"re-measure it with anyshape profile --device {device} --runtime {runtime} ... --overwrite"
-    mismatch = cpu_mismatch(dict(entry.get("fingerprint") or {})) if device == cpu_slug() else None
+    mismatch = cpu_mismatch(dict(meta.fingerprint)) if device == cpu_slug() else None
     if mismatch:
         sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was {mismatch}; its latencies may not "
                          f"hold here (prefill can differ 2x across CPU generations): {redo}\n")
-    load = entry.get("load") or {}
-    anchored = (entry.get("anchor") or {}).get("ratio_by_point") or {}
-    if load.get("noisy_host") and len(anchored) < int(entry.get("rows") or 0):  # anchored rows hold up there
-        sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was measured on a noisy host (its reference probe "
-                         f"spread {float(load.get('probe_spread') or 0):.0%} over the run): expect larger errors; "
+    if meta.noisy_host and not (meta.protocol and meta.protocol.anchored):  # anchored rows hold up there
+        sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was measured on a noisy host (its passes "
+                         f"disagreed by {float(meta.load.get('speed_spread') or 0):.0%}): expect larger errors; "
                          f"its meta.json load.note says what to do\n")
-    if runtime == "onnxruntime" and "weights" not in (entry.get("runtime_info") or {}):
+    if runtime == "onnxruntime" and "weights" not in meta.runtime_info:
         sys.stderr.write(f"anyshape: warning: {device}/{runtime}/{name} was measured on models whose layers held equal "
                          f"weights, which ONNX Runtime shares (its decode rows read too fast): {redo}\n")
 

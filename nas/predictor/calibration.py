@@ -23,9 +23,10 @@ machine's fingerprint, date, K, the measurements and the residuals before and af
 only on the machine that made it and only to the prior it was fit on; predictions say whether
 they are calibrated.
 
-Measurements use :func:`profilers.protocol.live_protocol`: raw wall-clock time (no probe, no
-anchor), the middle of three passes, what a user timing the model sees, and what ``verify`` then
-measures against a calibrated prediction.
+Measurements use the ``live`` protocol preset (:func:`profilers.protocol.live_protocol`): raw
+wall-clock time with no speed reference, each shape the median of five passes interleaved over
+all the shapes: what a user timing the model sees, and what ``verify`` then measures against a
+calibrated prediction.
 """
 
 from __future__ import annotations
@@ -586,11 +587,14 @@ def calibrate(
         raise AnyshapeError(f"--shapes is {shapes}; allowed range {MIN_SHAPES}..100 (about 10 is enough)")
     kind = check_device_name(device)
     _check_here(device, kind, fake=profiler is not None)
+    from profilers.tables import find_tables_root
+
+    tables_root = find_tables_root(tables_root)
     spec = resolve_model_spec(model)
     name = table or spec.name
-    candidates = _candidate_priors(device, runtime, model, spec, kind, Path(tables_root), name, prior)
+    candidates = _candidate_priors(device, runtime, model, spec, kind, tables_root, name, prior)
     if not candidates:
-        raise AnyshapeError(_no_prior_message(device, runtime, model, Path(tables_root), name, prior))
+        raise AnyshapeError(_no_prior_message(device, runtime, model, tables_root, name, prior))
     loads = list(workloads or _default_workloads(candidates[0], spec))
     space = spec.family.space(spec.config)
     protocol = live_protocol(rounds=1)
@@ -612,7 +616,7 @@ def calibrate(
     chosen = candidates[best]
     record = CalibrationRecord(
         device=device, runtime=runtime, table=name, model_config_sha256=config_sha256(spec.config), machine=machine_identity(),
-        prior=_describe_prior(chosen), protocol={**protocol.to_dict(), "passes": passes, "kept": "median of the interleaved passes' p50, raw"}, workloads=fits[best],
+        prior=_describe_prior(chosen), protocol={**protocol.to_dict(), "passes": passes, "kept": "median of the interleaved passes' raw p50"}, workloads=fits[best],
         seconds=time.perf_counter() - start,
         candidates=[{"prior": c.label, "loo_mape": round(s, 5)} for c, s in zip(candidates, scores)] if len(candidates) > 1 else [],
     )  # fmt: skip
@@ -671,9 +675,9 @@ def _check_here(device: str, kind: str, *, fake: bool) -> None:
     already refuses a CPU slug that is not this CPU's)."""
     if fake or kind == "cpu":
         return
-    from profilers.run import _check_gpu_is
+    from profilers.run import check_gpu_is
 
-    _check_gpu_is(device)
+    check_gpu_is(device)
 
 
 def _candidate_priors(device: str, runtime: str, model: str, spec: Any, kind: str, root: Path, name: str, prior: str) -> list[Any]:
@@ -757,6 +761,6 @@ def _describe_prior(prior: Any) -> dict[str, Any]:
 
 
 def _progress(total: int, label: str, enabled: bool) -> Any:
-    from profilers.run import _progress as bar
+    from profilers.run import progress_bar
 
-    return bar(total, 0, label, enabled)
+    return progress_bar(total, 0, label, enabled)

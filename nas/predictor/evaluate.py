@@ -42,7 +42,7 @@ def evaluate_predictor(predictor: LatencyPredictor) -> dict[str, Any]:
     fit_rows, held = split_rows(whole, predictor.recipe.holdout_fraction, predictor.recipe.seed)
     if not held:
         raise AnyshapeError("this predictor holds out no rows (holdout_fraction 0); nothing to evaluate on")
-    gflops = table.meta.get("matmul_gflops")
+    gflops = table.meta.matmul_gflops
     bandwidth = table_bandwidth_gb_s(table)
     report: dict[str, Any] = {"table": table.label, "source": table.source, "chosen": predictor.chosen, "cv_mape": predictor.cv_mape, "workloads": {}}
     fit_groups = _by_workload(fit_rows)

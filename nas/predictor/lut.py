@@ -52,7 +52,10 @@ class BlockLUT:
         w = workload_keys(workload)
         if w not in self.workloads or w not in self._mlp:
             known = ", ".join(sorted(_name(k) for k in self.workloads)) or "none"
-            raise AnyshapeError(f"the latency table has no block rows for workload {workload.name}; it has: {known}")
+            lengths = f'"seq_len": [{workload.seq_len}]' if workload.phase == "prefill" else f'"context_len": [{workload.seq_len}]'
+            raise AnyshapeError(f"the latency table has no block rows for workload {workload.name}; it has: {known}; measure it "
+                                f"with anyshape profile ... --grid '{{\"batch\": [{workload.batch}], {lengths}}}' "
+                                "(the grid's other fields as the table's meta.json has them)")
         return w
 
     def total_ms(self, shape: Shape, workload: Workload) -> float:

@@ -419,7 +419,7 @@ class AdditiveLatency:
 
 def table_bandwidth_gb_s(table: Any) -> float | None:
     """The memory bandwidth a table's device reads weights at: measured (meta.json), else the spec sheet."""
-    measured = (table.meta.get("memory_bandwidth") or {}).get("read_gb_s")
+    measured = (table.meta.memory_bandwidth or {}).get("read_gb_s")
     if measured:
         return float(measured)
     try:

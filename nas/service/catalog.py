@@ -181,9 +181,9 @@ def calibration_of(attrs: dict[str, Any]) -> tuple[bool, str | None]:
 def load_devices(tables_root: str | Path) -> tuple[dict[str, Any], ...]:
     """Devices (every known one, and every one with a table), each with its tables."""
     from profilers.devices import known_devices
-    from profilers.tables import list_tables
+    from profilers.tables import find_tables_root, list_tables
 
-    tables = list_tables(tables_root)
+    tables = list_tables(find_tables_root(tables_root))
     known = known_devices()
     names = list(dict.fromkeys([*known, *(t["device"] for t in tables)]))
     return tuple(
