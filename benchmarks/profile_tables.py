@@ -26,16 +26,17 @@ CLI = str(ROOT / ".venv" / "bin" / "anyshape")
 #: table name -> (--model, extra arguments per runtime): enough whole-model shapes for a predictor
 #: (~80 to fit, ~50 held out) at each phase's first workload (batch 1, 128 tokens), and 12 of the
 #: same shapes at every other batch and length (the predictor learns those from batch and length
-#: beside their block rows). MiniLM and the reference decoder have 512 positions: lengths up to
-#: 512. ONNX Runtime exports every whole Qwen2.5-0.5B shape (10-50 s each, and 0.1-2 GB: too big
+#: beside their block rows): batch 1-8, MiniLM lengths 128-512 (its positions), the reference
+#: decoder's 128-2048 (rotary positions run past the 512 it was trained on). ONNX Runtime exports every whole Qwen2.5-0.5B shape (10-50 s each, and 0.1-2 GB: too big
 #: to keep for a second pass), so that table has 80 shapes measured in staggered passes
 #: (benchmarks/staggered.yaml). Every table uses the shared-vm preset: each sample timed beside a
 #: fixed mid-size step of its workload (docs/PROFILING.md).
 HERE = Path(__file__).resolve().parent
-MINILM_GRID = ('{"whole_model_samples": 130, "whole_model_ffn_steps": 32, "batch": [1, 4, 8], "seq_len": [128, 512], '
-               '"other_workload_samples": 12}')
-DECODER_GRID = ('{"whole_model_samples": 130, "batch": [1, 4], "seq_len": [128, 512], "context_len": [128, 511], '
-                '"other_workload_samples": 12}')
+MINILM_GRID = ('{"whole_model_samples": 130, "whole_model_ffn_steps": 32, "other_workload_samples": 12, "workloads": '
+               '["prefill:b1:s128", "prefill:b1:s256", "prefill:b1:s512", "prefill:b4:s128", "prefill:b8:s128", "prefill:b4:s512"]}')
+DECODER_GRID = ('{"whole_model_samples": 130, "other_workload_samples": 12, "workloads": ["prefill:b1:s128", "prefill:b1:s512", '
+                '"prefill:b1:s2048", "prefill:b4:s128", "prefill:b8:s128", "decode:b1:c128", "decode:b1:c512", "decode:b1:c2048", '
+                '"decode:b4:c128", "decode:b8:c128"]}')
 SHARED_VM = ["--protocol", "shared-vm"]
 MODELS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "minilm": ("minilm", {"torch": ["--grid", MINILM_GRID, *SHARED_VM], "onnxruntime": ["--grid", MINILM_GRID, *SHARED_VM]}),

@@ -93,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
                 shapes = [row_shape(r) for r in rows]
                 measured = np.array([r["latency_ms_p50"] for r in rows])
                 full = int(np.argmax([(r["depth"], r["heads"], r["ffn"]) for r in rows]))
-                predicted = {d: np.asarray(p.predict(shapes, workload), dtype=float) for d, p in candidates.items()}
+                predicted = {}
+                for d, p in candidates.items():
+                    try:
+                        predicted[d] = np.asarray(p.predict(shapes, workload), dtype=float)
+                    except AnyshapeError:  # a prior without this workload (the target's table has more) is no prior for it
+                        continue
                 for k in args.k:
                     if k and len(rows) - k < 10:
                         continue

@@ -273,3 +273,22 @@ def test_device_command_says_which_tables_and_calibrations_apply(tables: Path, m
     assert report["device"] == cpu_slug() and [t["name"] for t in report["tables"]] == ["tiny"]
     assert report["calibration_priors"] == [f"cpu-other-kind-2c/{RT}/tiny"]
     assert [c["table"] for c in report["calibrations"]] == ["tiny"]
+
+
+def test_by_default_each_phase_calibrates_the_table_s_main_workload(tmp_path: Path, model_file: str) -> None:
+    """A table with more workloads (batch, lengths) calibrates, unasked, the one per phase it has most shapes of:
+    a minute on the user's machine, not one per workload; the others are named with --workload."""
+    spec = ModelSpec("tiny", family_for(CONFIG), CONFIG)
+    grid = GridConfig(workloads=("prefill:b1:s16", "prefill:b4:s16", "decode:b1:c16", "decode:b2:c32"), ffn_steps=4,
+                      whole_model_samples=30, other_workload_samples=8, seed=2)
+    profiler = FakeProfiler(FAST, noise_cv=0.01, seed=1, **TABLE_SPEED)
+    profile(spec, cpu_slug(), RT, tmp_path, grid=grid, profiler=profiler, progress=False, bandwidth_buffer_mib=8)
+    record = calibrate(cpu_slug(), RT, model_file, tables_root=tmp_path, table="tiny", shapes=6, progress=False,
+                       profiler=slower_device(), save=False).record
+    assert sorted(record.workloads) == ["decode:b1:c16", "prefill:b1:s16"]
+    predictor, _ = predictor_for(cpu_slug(), RT, model_file, tables_root=tmp_path, table="tiny",
+                                 calibration=None, calibrated=False)
+    from nas.predictor.calibration import CalibratedPredictor, is_calibrated
+
+    wrapped = CalibratedPredictor(predictor, record)
+    assert is_calibrated(wrapped, Workload("prefill", 1, 16)) and not is_calibrated(wrapped, Workload("prefill", 4, 16))

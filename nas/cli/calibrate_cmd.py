@@ -21,7 +21,7 @@ def calibrate_command(
     shapes: int = typer.Option(10, "--shapes", help="Whole-model shapes to time here (K), spread over the predicted latency range."),
     prior: str = typer.Option("table", "--prior", help="table (this device's own) | auto (best of every table and the roofline) | "
                                                        "roofline | a device slug | a table .csv path."),
-    workload: list[str] = typer.Option([], "--workload", help="Workload(s) to calibrate, e.g. prefill:b1:s128 (default: the prior table's)."),
+    workload: list[str] = typer.Option([], "--workload", help="Workload(s) to calibrate, e.g. prefill:b1:s128 (repeatable; default: the prior table's main workload per phase, the one with most whole-model rows; predictions for other workloads say calibrated: false)."),
     tables: Path = typer.Option(Path("latency_tables"), "--tables", help="Root folder of the latency tables."),
     table: str | None = typer.Option(None, "--table", help="Table name (default: the model's name)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pool the shapes are chosen from."),

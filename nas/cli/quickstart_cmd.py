@@ -49,7 +49,7 @@ def quickstart_command(
         )
     elif result.measured_latency_ms_table_speed is not None:
         Console().print(
-            f"measured at the table's machine speed (its reference probe or anchor): {result.measured_latency_ms_table_speed:.2f} ms "
+            f"measured at the table's machine speed (its anchor): {result.measured_latency_ms_table_speed:.2f} ms "
             f"vs {result.predicted_latency_ms:.2f} predicted"
         )
     Console().print(

@@ -731,7 +731,10 @@ def _no_prior_message(device: str, runtime: str, model: str, root: Path, name: s
 
 
 def _default_workloads(prior: Any, spec: Any) -> list[Workload]:
-    """The workloads the prior's table has whole-model rows of (prefill first); for a roofline, the ARCHITECTURE defaults."""
+    """Per phase, the workload the prior's table has most whole-model rows of (its main one; prefill first);
+    for a roofline, the ARCHITECTURE defaults. Other workloads are calibrated when named (``--workload``)."""
+    from collections import Counter
+
     from nas.predictor.model import row_workload
 
     recipe = getattr(prior, "recipe", None)
@@ -739,9 +742,12 @@ def _default_workloads(prior: Any, spec: Any) -> list[Workload]:
         from profilers.tables import load_table
 
         rows = load_table(recipe.table, check_software=False).rows
-        found = {row_workload(r) for r in rows if r["block"] == "whole-model"}
-        if found:
-            return sorted(found, key=lambda w: (w.phase != "prefill", w.name))
+        counts = Counter(row_workload(r) for r in rows if r["block"] == "whole-model")
+        main: dict[str, Workload] = {}
+        for w in sorted(counts, key=lambda w: (-counts[w], w.name)):
+            main.setdefault(w.phase, w)
+        if main:
+            return sorted(main.values(), key=lambda w: (w.phase != "prefill", w.name))
     if spec.family.kind == "decoder":
         return [Workload("prefill", 1, 128), Workload("decode", 1, 128)]
     return [Workload()]
