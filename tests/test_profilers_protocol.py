@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +16,12 @@ from profilers.protocol import (
     ProtocolConfig,
     coefficient_of_variation,
     gc_disabled,
-    live_protocol,
     load_protocol,
     measure,
     median_pass,
     pass_schedule,
     percentile,
     pinned,
-    preset_names,
-    preset_text,
 )
 
 FAST = dict(threads=1, warmup=2, repeats=12, min_repeats=4, max_point_seconds=60.0, min_sample_ms=0.0)
@@ -293,72 +288,6 @@ def test_protocol_config_round_trips() -> None:
         ProtocolConfig.from_dict({"anchor": True})
     with pytest.raises(AnyshapeError, match="must be a mapping"):
         ProtocolConfig.from_dict([1, 2])  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- presets
-
-
-def test_the_shipped_presets() -> None:
-    assert preset_names() == ["live", "quiet", "shared-vm"]
-    quiet, shared, live = load_protocol("quiet"), load_protocol("shared-vm"), live_protocol()
-    assert (quiet.name, quiet.reference, quiet.rounds) == ("quiet", "none", 3)
-    assert (shared.name, shared.reference, shared.spinning) == ("shared-vm", "anchor", False) and shared.anchored
-    assert (live.name, live.reference, live.rounds) == ("live", "none", 5) and live == load_protocol("live")
-    assert load_protocol() == load_protocol(None) == quiet  # the default
-    for name in preset_names():
-        assert preset_text(name).startswith("# Used by:")  # each says which command uses it
-        load_protocol(name)  # and loads
-    with pytest.raises(AnyshapeError, match="unknown protocol preset 'loud'"):
-        preset_text("loud")
-
-
-def test_overrides_win_over_the_preset_and_none_is_ignored() -> None:
-    mine = load_protocol("shared-vm", threads=1, pin_cpus=None, rounds=None)
-    assert mine.threads == 1 and mine.pin_cpus is None and mine.rounds == load_protocol("shared-vm").rounds
-    assert load_protocol(mine) == mine and load_protocol(mine, rounds=2).rounds == 2  # a ProtocolConfig passes through
-    with pytest.raises(AnyshapeError, match=r"protocol.threads is 0"):
-        load_protocol("quiet", threads=0)
-
-
-def test_a_protocol_file_extends_a_preset(tmp_path: Path) -> None:
-    path = tmp_path / "slow-vm.yaml"
-    path.write_text("extends: shared-vm\nrounds: 7\nmin_sample_ms: 20\n")
-    got = load_protocol(str(path), threads=1)
-    assert dataclasses.replace(got, name="shared-vm", rounds=5, min_sample_ms=2.0) == load_protocol("shared-vm", threads=1)
-    assert (got.name, got.rounds, got.min_sample_ms, got.reference) == ("slow-vm.yaml", 7, 20, "anchor")
-    plain = tmp_path / "plain.yaml"
-    plain.write_text("name: my-quiet\nrepeats: 30\n")  # no extends: the default preset
-    got = load_protocol(str(plain))
-    assert got.name == "my-quiet" and got.repeats == 30 and got.reference == "none" and got.rounds == load_protocol("quiet").rounds
-    json_file = tmp_path / "p.json"  # YAML reads JSON too
-    json_file.write_text('{"extends": "live", "warmup": 1}')
-    assert load_protocol(str(json_file)).warmup == 1 and load_protocol(str(json_file)).rounds == 5
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("extends: loud\n", "extends 'loud'; presets: live, quiet, shared-vm"),
-        ("rounds: 2\nanchor: true\n", r"unknown field\(s\) \['anchor'\]"),
-        ("- 1\n- 2\n", "must hold a mapping of protocol fields"),
-        ("rounds: [1\n", "cannot read protocol file"),
-        ("rounds: 0\n", "protocol.rounds is 0"),
-        ("reference: probe\n", "protocol.reference is 'probe'"),
-    ],
-)
-def test_a_bad_protocol_file_is_one_line(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(AnyshapeError, match=message) as e:
-        load_protocol(str(path))
-    assert "\n" not in str(e.value)
-
-
-def test_an_unknown_preset_or_missing_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(AnyshapeError, match="no such preset or file; presets: live, quiet, shared-vm"):
-        load_protocol("loud")
-    with pytest.raises(AnyshapeError, match="no such preset or file"):
-        load_protocol(str(tmp_path / "missing.yaml"))
 
 
 # --------------------------------------------------------------------------- the measurement model

@@ -95,6 +95,9 @@ def test_a_protocol_file_extends_a_preset(tmp_path: Path) -> None:
         ("- 1\n- 2\n", r"must hold a mapping"),
         ("rounds: [\n", r"cannot read protocol file"),
         ("stagger: maybe\n", r"protocol\.stagger is 'maybe'; it must be true or false"),
+        ("extends: loud\n", "extends 'loud'; presets: live, quiet, shared-vm"),
+        ("rounds: 2\nanchor: true\n", r"unknown field\(s\) \['anchor'\]"),
+        ("rounds: [1\n", "cannot read protocol file"),
     ],
 )
 def test_a_bad_protocol_file_gets_one_line(tmp_path: Path, text: str, match: str) -> None:
@@ -105,9 +108,48 @@ def test_a_bad_protocol_file_gets_one_line(tmp_path: Path, text: str, match: str
     assert "\n" not in str(info.value)
 
 
-def test_an_unknown_preset_names_the_presets() -> None:
+def test_the_shipped_presets() -> None:
+    assert preset_names() == ["live", "quiet", "shared-vm"]
+    quiet, shared, live = load_protocol("quiet"), load_protocol("shared-vm"), live_protocol()
+    assert (quiet.name, quiet.reference, quiet.rounds) == ("quiet", "none", 3)
+    assert (shared.name, shared.reference, shared.spinning) == ("shared-vm", "anchor", False) and shared.anchored
+    assert (live.name, live.reference, live.rounds) == ("live", "none", 5) and live == load_protocol("live")
+    assert load_protocol() == load_protocol(None) == quiet  # the default
+    for name in preset_names():
+        assert preset_text(name).startswith("# Used by:")  # each says which command uses it
+        load_protocol(name)  # and loads
+    with pytest.raises(AnyshapeError, match="unknown protocol preset 'loud'"):
+        preset_text("loud")
+
+
+def test_overrides_win_over_the_preset_and_none_is_ignored() -> None:
+    mine = load_protocol("shared-vm", threads=1, pin_cpus=None, rounds=None)
+    assert mine.threads == 1 and mine.pin_cpus is None and mine.rounds == load_protocol("shared-vm").rounds
+    assert load_protocol(mine) == mine and load_protocol(mine, rounds=2).rounds == 2  # a ProtocolConfig passes through
+    with pytest.raises(AnyshapeError, match=r"protocol.threads is 0"):
+        load_protocol("quiet", threads=0)
+
+
+def test_a_protocol_file_extends_a_preset_with_what_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "slow-vm.yaml"
+    path.write_text("extends: shared-vm\nrounds: 7\nmin_sample_ms: 20\n")
+    got = load_protocol(str(path), threads=1)
+    assert dataclasses.replace(got, name="shared-vm", rounds=5, min_sample_ms=2.0) == load_protocol("shared-vm", threads=1)
+    assert (got.name, got.rounds, got.min_sample_ms, got.reference) == ("slow-vm.yaml", 7, 20, "anchor")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: my-quiet\nrepeats: 30\n")  # no extends: the default preset
+    got = load_protocol(str(plain))
+    assert got.name == "my-quiet" and got.repeats == 30 and got.reference == "none" and got.rounds == load_protocol("quiet").rounds
+    json_file = tmp_path / "p.json"  # YAML reads JSON too
+    json_file.write_text('{"extends": "live", "warmup": 1}')
+    assert load_protocol(str(json_file)).warmup == 1 and load_protocol(str(json_file)).rounds == 5
+
+
+def test_an_unknown_preset_or_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AnyshapeError, match="no such preset or file; presets: live, quiet, shared-vm"):
-        load_protocol("noisy")
+        load_protocol("loud")
+    with pytest.raises(AnyshapeError, match="no such preset or file"):
+        load_protocol(str(tmp_path / "missing.yaml"))
 
 
 def test_a_table_record_from_a_bigger_machine_loads_but_is_not_run_here() -> None:
