@@ -1,15 +1,20 @@
-"""Supernet fine-tuning ablation (issue 4): no fine-tuning vs one shared LoRA vs SMoL.
+"""Supernet fine-tuning ablation: what the recipe and each of its parts do to every shape.
 
-    .venv/bin/python benchmarks/finetune_ablation.py --models minilm ref-decoder --steps 100 --write-docs
+    .venv/bin/python benchmarks/finetune_ablation.py --models minilm --steps 60 --json /tmp/ft-minilm.json
+    .venv/bin/python benchmarks/finetune_ablation.py --models ref-decoder --steps 60 --json /tmp/ft-dec.json
+    .venv/bin/python benchmarks/finetune_ablation.py --report /tmp/ft-minilm.json /tmp/ft-dec.json --write-docs
 
-For each model: build its supernet (default DP greedy, fluctuation orders; held-out scores of the
-depth rows skipped), then run ``anyshape supernet train`` three ways at the same step budget --
-``--adapter none`` (evaluation only), ``--adapter single`` (one shared LoRA, rank r) and
-``--adapter smol`` (K = 5 experts, rank r, top-2) -- and report the held-out metric of the
-largest, three middle and the smallest shape (the shapes of :func:`nas.finetune.distill.eval_shapes`)
-with the training wall time. Decoders: held-out perplexity (lower is better); encoders: cosine of
-mean-pooled embeddings to the frozen full model (higher is better). ``--write-docs`` replaces the
-section "## Supernet fine-tuning (issue 4)" of docs/BENCHMARKS.md and nothing else.
+For each model: build its supernet once (default DP greedy, fluctuation orders; held-out depth
+scores skipped), then train it once per cell at the same step budget (:data:`CELLS`: the recipe,
+AmoebaLLM's in-place distillation as it was, and the recipe with one part changed) and score the
+largest, three middle and the smallest shape (:func:`nas.finetune.distill.eval_shapes`) on the
+supernet's held-out pool (documents no training or validation row comes from). Decoders: held-out
+perplexity (lower is better); encoders: cosine of mean-pooled embeddings to the frozen base model
+(higher is better). A cell's "worse" row counts the shapes below the untrained supernet. Every cell
+but ``in-place, no guard`` and ``no guard`` runs with the guard, whose notes (roll-backs, stops)
+are reported. ``--report`` merges result files of separate runs (one model per process: on a
+2-core machine two runs at one thread each); ``--write-docs`` replaces the section
+"## Supernet fine-tuning" of docs/BENCHMARKS.md and nothing else.
 """
 
 from __future__ import annotations
@@ -30,98 +35,139 @@ from nas.finetune.train import train_supernet
 from nas.supernet.build import BuildConfig, build_supernet
 from nas.supernet.calibration import CalibrationConfig
 
-SECTION = "## Supernet fine-tuning (issue 4)"
+SECTION = "## Supernet fine-tuning"
 SHAPES = ("largest", "mid-75", "mid-50", "mid-25", "smallest")
+#: cell name -> FinetuneConfig fields over the recipe's (``adapter`` is "smol" | "single" | "none";
+#: ``full_is_base``: the AdapterConfig field).
+CELLS: dict[str, dict[str, Any]] = {
+    "untrained": {"adapter": "none"},
+    "recipe": {},
+    "in-place, no guard": {"teacher": "largest", "balance": "largest", "guard": False, "full_is_base": False},
+    "no guard": {"guard": False},
+    "balance mean": {"balance": "mean"},
+    "balance none": {"balance": "none"},
+    "MLFS scaling": {"grad_scale": "mlfs"},
+    "single LoRA": {"adapter": "single"},
+    "lr x3": {"lr": 3e-3},
+}
 
 
-def run_model(spec: str, steps: int, rank: int, batch_size: int, seq_len: int, num_calib: int, seed: int,
+def cell_config(overrides: dict[str, Any], steps: int, rank: int, batch_size: int, seq_len: int, seed: int) -> FinetuneConfig:
+    fields = dict(overrides)
+    mode = fields.pop("adapter", "smol")
+    full_is_base = fields.pop("full_is_base", True)
+    adapter = {"none": AdapterConfig(mode="none"), "single": AdapterConfig.single(rank=rank, full_is_base=full_is_base),
+               "smol": AdapterConfig(rank=rank, full_is_base=full_is_base)}[mode]
+    return FinetuneConfig(adapter=adapter, steps=steps, batch_size=batch_size, seq_len=seq_len, seed=seed, checkpoint_every=0,
+                          **fields)
+
+
+def run_model(spec: str, cells: list[str], steps: int, rank: int, batch_size: int, seq_len: int, num_calib: int, seed: int,
               work: Path) -> dict[str, Any]:
     t = time.perf_counter()
     calibration = CalibrationConfig(num_calib=num_calib, num_heldout=num_calib, seed=seed)
     sn_dir = work / f"{spec}-supernet"
     build_supernet(spec, sn_dir, BuildConfig(heldout_scores=False, calibration=calibration), progress=False)
     result: dict[str, Any] = {"model": spec, "steps": steps, "rank": rank, "batch_size": batch_size, "seq_len": seq_len,
-                              "num_calib": num_calib, "threads": torch.get_num_threads(),
-                              "build_s": round(time.perf_counter() - t, 1), "modes": {}}
-    adapters = {"none": AdapterConfig(mode="none"), "single": AdapterConfig.single(rank=rank), "smol": AdapterConfig(rank=rank)}
-    for mode, adapter in adapters.items():
-        config = FinetuneConfig(adapter=adapter, steps=steps, batch_size=batch_size, seq_len=seq_len, seed=seed, checkpoint_every=0)
-        out = None if mode == "none" else work / f"{spec}-{mode}"
+                              "num_calib": num_calib, "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
+                              "machine": platform.machine(), "build_s": round(time.perf_counter() - t, 1),
+                              "recipe": FinetuneConfig().to_dict(), "cells": {}}
+    for name in cells:
+        config = cell_config(CELLS[name], steps, rank, batch_size, seq_len, seed)
+        out = None if config.adapter.mode == "none" else work / f"{spec}-{len(result['cells'])}"
         trained = train_supernet(sn_dir, out, config, progress=False)  # seconds: load + data + training, not evaluation
-        result["modes"][mode] = {"train_s": round(trained.seconds, 1), "heldout": trained.heldout, "shapes": trained.shapes,
-                                 "first_losses": trained.losses[:1], "last_losses": trained.losses[-5:]}
-        print(json.dumps({"model": spec, "mode": mode, "train_s": result["modes"][mode]["train_s"],
+        result["cells"][name] = {"train_s": round(trained.seconds, 1), "heldout": trained.heldout, "shapes": trained.shapes,
+                                 "steps_done": trained.steps, "guard": trained.guard, "last_losses": trained.losses[-3:]}
+        print(json.dumps({"model": spec, "cell": name, "train_s": round(trained.seconds, 1), "notes": trained.notes,
                           "heldout": trained.heldout}), flush=True)
     return result
 
 
-def markdown(results: list[dict[str, Any]], argv: str) -> str:
+def markdown(results: list[dict[str, Any]]) -> str:
     lines = [SECTION, "",
-             f"`{argv}` on this machine ({platform.machine()}, torch {torch.__version__}; "
-             f"a 2-core CPU shared with other engineers' jobs, so times are noisy and pessimistic), "
-             f"{datetime.date.today().isoformat()}. Training data: the builtin corpus's calibration pool "
-             "(256 sequences/sentences, seed 0); evaluation: the supernet's held-out pool (disjoint documents). "
-             "Each step trains the largest, the smallest and 2 random shapes (sandwich rule, in-place distillation, "
-             "loss-magnitude balancing). SMoL: K = 5 experts, top-2, shape-only gate; single: one shared LoRA; same rank.", ""]
+             "    .venv/bin/python benchmarks/finetune_ablation.py --models MODEL --steps N --threads 1 --json FILE   # one per model",
+             "    .venv/bin/python benchmarks/finetune_ablation.py --report FILE... --write-docs", "",
+             "Each cell trains the same supernet for the same steps (batch 8, the builtin corpus's calibration pool: "
+             "256 training rows and 32 validation rows, seed 0) and is scored on the supernet's held-out pool (disjoint "
+             "documents). Every step trains the largest, the smallest and 2 random shapes (sandwich rule). The recipe: "
+             "SMoL (K = 5 experts, rank 8, top-2, shape-only gate, gate noise in training only), every shape distilled "
+             "from the frozen base model (`teacher: base`), loss-magnitude balancing to the largest (AmoebaLLM's rule: "
+             "the largest's next-token loss on decoders, its loss to the base on encoders), AdamW lr 1e-3, and the guard "
+             "(validation every tenth of the run; the best state with no shape worse than untrained is kept, training "
+             "stops after 2 harmful validations in a row). `in-place, no guard` is AmoebaLLM's in-place distillation "
+             "as it ran before (the largest on the task loss, the students on its outputs); every other cell changes "
+             "one part of the recipe. Bold: the best of the row; `worse`: shapes below untrained.", ""]
     for r in results:
-        modes = r["modes"]
-        any_mode = next(iter(modes.values()))
-        decoder = "perplexity" in next(iter(any_mode["heldout"].values()))
+        cells = r["cells"]
+        names = [n for n in CELLS if n in cells]
+        decoder = "perplexity" in next(iter(cells[names[0]]["heldout"].values()))
         metric = "perplexity" if decoder else "cosine"
-        better = "lower is better" if decoder else "higher is better"
+        base = cells.get("untrained")
         seq = r.get("seq_len") or 128
-        lines += [f"### {r['model']} — {r['steps']} steps, batch {r['batch_size']} x {seq} tokens, rank {r['rank']}, "
-                  f"{r.get('threads', '?')} thread(s)", "",
-                  f"Supernet build (no held-out depth scores): {r['build_s']} s. Held-out {metric} ({better}); "
-                  "training wall time in the last row.", "",
-                  "| shape | depth / heads / ffn | none | single LoRA | SMoL |", "|---|---|---:|---:|---:|"]
-        for name in SHAPES:
-            s = any_mode["shapes"][name]
-            values = [modes[m]["heldout"][name][metric] for m in ("none", "single", "smol")]
+        lines += [f"### {r['model']}: {r['steps']} steps, batch {r['batch_size']} x {seq} tokens, rank {r['rank']}, "
+                  f"{r.get('threads', '?')} thread(s), {r.get('machine', '?')}, {r.get('date', '?')}", "",
+                  f"Supernet build {r['build_s']} s. Held-out {metric} ({'lower' if decoder else 'higher'} is better).", "",
+                  "| shape | depth / heads / ffn | " + " | ".join(names) + " |",
+                  "|---|---|" + "---:|" * len(names)]
+        for shape in SHAPES:
+            s = cells[names[0]]["shapes"][shape]
+            values = [cells[n]["heldout"][shape][metric] for n in names]
             best = min(values) if decoder else max(values)
-            cells = [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in values]
-            lines.append(f"| {name} | {s['depth']} / {s['heads']} / {s['ffn']} | " + " | ".join(cells) + " |")
-        lines.append(f"| wall time (load, data, training) | | {modes['none']['train_s']} s | {modes['single']['train_s']} s "
-                     f"| {modes['smol']['train_s']} s |")
+            row = [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in values]
+            lines.append(f"| {shape} | {s['depth']} / {s['heads']} / {s['ffn']} | " + " | ".join(row) + " |")
+        if base is not None:
+            sign = 1 if decoder else -1
+            worse = [sum(sign * (cells[n]["heldout"][s][metric] - base["heldout"][s][metric]) > 1e-9 for s in SHAPES) for n in names]
+            lines.append("| worse than untrained | | " + " | ".join(map(str, worse)) + " |")
+        lines.append("| steps run / kept | | " + " | ".join(
+            f"{cells[n]['steps_done']} / {cells[n]['guard'].get('kept_step', cells[n]['steps_done'])}" for n in names) + " |")
+        lines.append("| wall time (load, data, training) | | " + " | ".join(f"{cells[n]['train_s']} s" for n in names) + " |")
+        notes = [f"- {n}: {note}" for n in names for note in cells[n]["guard"].get("notes", [])]
+        if notes:
+            lines += ["", "Guard notes:", "", *notes]
         lines.append("")
     return "\n".join(lines)
 
 
 def write_docs(text: str, path: Path) -> None:
     doc = path.read_text()
-    if SECTION not in doc:
+    heading = next((line for line in doc.splitlines() if line.startswith(SECTION)), None)
+    if heading is None:
         path.write_text(doc.rstrip() + "\n\n" + text.rstrip() + "\n")
         return
-    start = doc.index(SECTION)
-    end = doc.find("\n## ", start + len(SECTION))
+    start = doc.index(heading)
+    end = doc.find("\n## ", start + len(heading))
     path.write_text(doc[:start] + text.rstrip() + "\n" + ("" if end == -1 else "\n" + doc[end + 1 :]))
 
 
 def main() -> None:
-    import sys
-
-    parser = argparse.ArgumentParser(description="Supernet fine-tuning ablation (issue 4).")
+    parser = argparse.ArgumentParser(description="Supernet fine-tuning ablation.")
     parser.add_argument("--models", nargs="*", default=["minilm", "ref-decoder"])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS), metavar="CELL")
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=0, help="training tokens per sequence (0: the supernet's, 128)")
+    parser.add_argument("--seq-len", type=int, default=64, help="training tokens per sequence (0: the supernet's, 128)")
     parser.add_argument("--num-calib", type=int, default=32, help="calibration and held-out sequences of the supernet")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
-    parser.add_argument("--previous", type=Path, default=None, help="results JSON of an earlier run (other models) to report too")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="write the raw results here (after every model)")
+    parser.add_argument("--report", type=Path, nargs="*", default=None, help="report these result files instead of running")
     parser.add_argument("--write-docs", action="store_true", help="replace this benchmark's section of docs/BENCHMARKS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = json.loads(args.previous.read_text()) if args.previous else []
-    with tempfile.TemporaryDirectory(prefix="anyshape-ft-") as work:
-        for spec in args.models:
-            results.append(run_model(spec, args.steps, args.rank, args.batch_size, args.seq_len, args.num_calib, args.seed,
-                                     Path(work)))
-            if args.json:
-                args.json.write_text(json.dumps(results, indent=1) + "\n")
-    text = markdown(results, "python benchmarks/finetune_ablation.py " + " ".join(sys.argv[1:]))
+    results: list[dict[str, Any]] = []
+    if args.report is not None:
+        for path in args.report:
+            results += json.loads(path.read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="anyshape-ft-") as work:
+            for spec in args.models:
+                results.append(run_model(spec, args.cells, args.steps, args.rank, args.batch_size, args.seq_len, args.num_calib,
+                                         args.seed, Path(work)))
+                if args.json:
+                    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    text = markdown(results)
     print(text)
     if args.write_docs:
         write_docs(text, Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md")

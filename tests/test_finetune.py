@@ -21,7 +21,7 @@ from nas.supernet.calibration import CalibrationConfig
 from nas.supernet.evaluate import run
 
 SMALL = CalibrationConfig(num_calib=4, num_heldout=4, seq_len=16, batch_size=2, seed=0)
-QUICK = dict(steps=4, batch_size=2, num_train=4, num_random=1, checkpoint_every=2, lr=1e-2)
+QUICK = dict(steps=4, batch_size=2, num_train=4, num_random=1, checkpoint_every=2, lr=1e-2, guard=False, num_val=2)
 
 
 def _save_word_tokenizer(path: Path, vocab_size: int) -> None:
@@ -80,6 +80,92 @@ def test_configs_round_trip_and_validate() -> None:
         AdapterConfig(mode="moe")
     with pytest.raises(AnyshapeError, match="grad_scale"):
         FinetuneConfig(grad_scale="big")
+    for bad, match in (({"teacher": "oracle"}, "teacher"), ({"balance": "max"}, "balance"), ({"patience": 0}, "patience"),
+                       ({"task_weight": -1.0}, "task_weight"), ({"guard": "yes"}, "guard"), ({"num_val": 0}, "num_val")):
+        with pytest.raises(AnyshapeError, match=match):
+            FinetuneConfig(**bad)  # type: ignore[arg-type]
+    # a config recorded before balancing had modes reads as it meant
+    assert FinetuneConfig(balance=True).balance == "largest" and FinetuneConfig(balance=False).balance == "none"  # type: ignore[arg-type]
+    assert FinetuneConfig(steps=300).validation_interval == 30 and FinetuneConfig(steps=40).validation_interval == 10
+    assert FinetuneConfig(steps=40, eval_every=4).validation_interval == 4
+
+
+def test_guard_keeps_the_best_harmless_state_and_stops() -> None:
+    from nas.finetune.train import Guard
+
+    smol = torch.nn.Linear(2, 2)
+    scores = iter([{"a": 1.0, "b": 2.0},                 # untrained
+                   {"a": 0.9, "b": 1.9},                 # better everywhere: kept
+                   {"a": 0.5, "b": 2.1},                 # b worse: not kept, however good a is
+                   {"a": 0.8, "b": 1.8},                 # better than step 10: kept
+                   {"a": 1.2, "b": 1.0},                 # a worse
+                   {"a": 1.3, "b": 1.0}])                # a worse again: patience 2 reached
+    guard = Guard(lambda: next(scores), FinetuneConfig(patience=2, guard_tolerance=0.0))
+    guard.start(smol)  # type: ignore[arg-type]
+    states = {}
+    for step in (10, 20, 30, 40, 50):
+        with torch.no_grad():
+            smol.weight.fill_(step)
+        states[step] = smol.weight.detach().clone()
+        guard.check(step, smol)  # type: ignore[arg-type]
+        assert guard.stopped == (step == 50)
+    assert guard.kept_step == 30
+    guard.restore(smol)  # type: ignore[arg-type]
+    assert torch.equal(smol.weight, states[30])
+    record = guard.record()
+    assert [v["worse"] for v in record["validations"]] == [[], [], ["b"], [], ["a"], ["a"]]
+    assert "stopped at step 50" in record["notes"][0] and "kept step 30 of 50" in record["notes"][1]
+    # every validation harmful: back to the untrained state, said so
+    again = Guard(lambda: {"a": 2.0}, FinetuneConfig(patience=5))
+    again.history = [{"step": 0, "loss": {"a": 1.0}, "worse": []}]
+    again.kept_state = {k: torch.zeros_like(v) for k, v in smol.state_dict().items()}
+    again.check(10, smol)  # type: ignore[arg-type]
+    again.restore(smol)  # type: ignore[arg-type]
+    assert again.kept_step == 0 and "rolled back to the untrained state" in again.notes[-1]
+    assert float(smol.weight.detach().abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_guarded_training_never_leaves_a_shape_worse(supernet_of: Callable[[str], Path], tmp_path: Path, name: str) -> None:
+    """A learning rate that wrecks the adapters: the guard validates, stops, and rolls back; resume replays it."""
+    from nas.finetune.train import default_checkpoint_dir
+
+    wreck = FinetuneConfig(**{**QUICK, "steps": 8, "lr": 5.0, "guard": True, "eval_every": 2, "patience": 2,  # type: ignore[arg-type]
+                              "max_grad_norm": 0.0, "checkpoint_every": 1})
+    result = train_supernet(supernet_of(name), tmp_path / "t", wreck, progress=False)
+    vals = result.guard["validations"]
+    untrained, kept = vals[0]["loss"], next(v["loss"] for v in vals if v["step"] == result.guard["kept_step"])
+    assert all(kept[s] <= untrained[s] + wreck.guard_tolerance for s in untrained)
+    assert any(v["worse"] for v in vals[1:]) and result.notes
+    assert result.guard["stopped"] == (result.steps < 8)
+    sn = Supernet.load(tmp_path / "t")
+    assert sn.adapters is not None and sn.adapters["training"]["kept_step"] == result.guard["kept_step"]
+    log = __import__("json").loads((tmp_path / "t" / "train_log.json").read_text())
+    assert log["guard"]["notes"] == result.notes
+    # the guard's state is in the checkpoint: a run cut short and resumed decides the same
+    shutil.rmtree(default_checkpoint_dir(tmp_path / "t"))
+    part = train_supernet(supernet_of(name), tmp_path / "r", wreck, progress=False, evaluate=False, stop_after=3)
+    assert part.out is None and part.steps == 3  # patience 2 at every 2 steps: no stop before step 4
+    done = train_supernet(supernet_of(name), tmp_path / "r", wreck, progress=False, resume=True)
+    assert done.guard == result.guard and done.steps == result.steps
+    assert (tmp_path / "r" / "adapters.safetensors").read_bytes() == (tmp_path / "t" / "adapters.safetensors").read_bytes()
+
+
+def test_teacher_and_balance_modes_change_the_step(supernet_of: Callable[[str], Path], tmp_path: Path) -> None:
+    runs = {}
+    for key, extra in {"base": {}, "largest": {"teacher": "largest"}, "mean": {"balance": "mean"},
+                       "none": {"balance": "none"}, "task": {"task_weight": 1.0}}.items():
+        # full_is_base off: with it the largest is the base, and the largest's outputs *are* the base's
+        config = FinetuneConfig(**{**QUICK, "steps": 3, "checkpoint_every": 0, "adapter": AdapterConfig(full_is_base=False),  # type: ignore[arg-type]
+                                   **extra})
+        runs[key] = train_supernet(supernet_of("llama"), tmp_path / key, config, evaluate=False, progress=False).losses
+    # step 0: the largest is the base (B = 0), so its KL to the base is 0; in-place its loss is the next-token loss
+    assert runs["base"][0]["largest"] == pytest.approx(0.0, abs=1e-6)
+    assert runs["largest"][0]["largest"] == pytest.approx(runs["base"][0]["largest_task"], rel=1e-6)
+    assert runs["task"][0]["largest"] == pytest.approx(runs["task"][0]["largest_task"], rel=1e-6)
+    # the students' targets differ (base vs the largest's outputs) from step 1 on; balancing changes the updates
+    assert runs["base"][1]["smallest"] != runs["largest"][1]["smallest"]
+    assert runs["base"][2]["smallest"] != runs["mean"][2]["smallest"] != runs["none"][2]["smallest"]
 
 
 def test_gate_is_deterministic_at_eval_and_noisy_only_in_training(supernet_of: Callable[[str], Path]) -> None:
@@ -94,12 +180,12 @@ def test_gate_is_deterministic_at_eval_and_noisy_only_in_training(supernet_of: C
         a = smol.routing(shape, torch.Generator().manual_seed(1))
         b = smol.routing(shape, torch.Generator().manual_seed(2))
         assert torch.equal(a, b)
-        assert torch.allclose(a.sum(-1), torch.ones(sn.space.num_layers))
+        assert torch.allclose(a.sum(-1), torch.full((sn.space.num_layers,), smol.amplitude(shape)))
         assert int((a > 0).sum(-1).max()) <= 2  # top-2
     smol.train()
-    noisy1 = smol.routing(shapes[0], torch.Generator().manual_seed(1))
-    noisy1b = smol.routing(shapes[0], torch.Generator().manual_seed(1))
-    noisy2 = smol.routing(shapes[0], torch.Generator().manual_seed(2))
+    noisy1 = smol.routing(shapes[-1], torch.Generator().manual_seed(1))  # the smallest (the largest's amplitude is 0)
+    noisy1b = smol.routing(shapes[-1], torch.Generator().manual_seed(1))
+    noisy2 = smol.routing(shapes[-1], torch.Generator().manual_seed(2))
     assert torch.equal(noisy1, noisy1b) and not torch.equal(noisy1, noisy2)
     # the gate reads only the shape: different shapes route differently
     smol.eval()
@@ -119,12 +205,32 @@ def test_merged_equals_unmerged(supernet_of: Callable[[str], Path], name: str) -
             with adapted(net, family, smol, shape):  # type: ignore[arg-type]
                 merged = forward_shape(net, family, sn, None, shape, batch, None)  # type: ignore[arg-type]
         assert (unmerged - merged).abs().max() <= 1e-5
-        assert (unmerged - base).abs().max() > 1e-3  # the adapters do something
+        if shape == sn.space.full_shape():  # full_is_base: the largest is the base model exactly
+            assert torch.equal(unmerged, base)
+        else:
+            assert (unmerged - base).abs().max() > 1e-3  # the adapters do something
     # adapted() restores the weights exactly
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with adapted(net, family, smol, eval_shapes(sn)["mid-50"]):  # type: ignore[arg-type]
         pass
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_amplitude_keeps_the_full_shape_the_base_and_old_records_read_as_trained(supernet_of: Callable[[str], Path]) -> None:
+    from nas.finetune.smol import amplitude, block_params
+
+    sn = Supernet.load(supernet_of("llama"))
+    shapes = eval_shapes(sn)
+    amps = [amplitude(sn.space, shapes[n]) for n in ("largest", "mid-75", "mid-50", "mid-25", "smallest")]
+    assert amps[0] == 0.0 and amps == sorted(amps) and 0 < amps[-1] < 1
+    assert amps[-1] == pytest.approx(1 - block_params(sn.space, shapes["smallest"]) / block_params(sn.space, sn.space.full_shape()))
+    off, _, _ = _smol(sn, config=AdapterConfig(full_is_base=False))
+    assert off.amplitude(shapes["largest"]) == 1.0 and float(off.routing(shapes["largest"]).sum()) == pytest.approx(sn.space.num_layers)
+    # a supernet trained before the field existed (no full_is_base in its record) merges as it was trained: unscaled
+    record = AdapterConfig().to_dict()
+    del record["full_is_base"]
+    assert AdapterConfig.from_dict(record).full_is_base is False
+    assert AdapterConfig.from_dict(AdapterConfig().to_dict()) == AdapterConfig()
 
 
 def test_balancing_scales_gradients_as_specified() -> None:
@@ -153,7 +259,7 @@ def test_shape_sampler_is_seeded(supernet_of: Callable[[str], Path]) -> None:
 def test_resumed_run_ends_identical(supernet_of: Callable[[str], Path], tmp_path: Path, name: str) -> None:
     config = FinetuneConfig(**QUICK)  # type: ignore[arg-type]
     full = train_supernet(supernet_of(name), tmp_path / "full", config, evaluate=False, progress=False)
-    assert full.steps == 4 and all(v > 0 or k == "largest" for h in full.losses for k, v in h.items())
+    assert full.steps == 4 and all(v >= -1e-6 for h in full.losses for v in h.values())  # 1 - cos of equal outputs: ~1e-8
     part = train_supernet(supernet_of(name), tmp_path / "resumed", config, evaluate=False, progress=False, stop_after=3)
     assert part.out is None and part.steps == 3 and (tmp_path / "resumed.checkpoint" / "state.pt").is_file()
     assert not (tmp_path / "resumed").exists()
@@ -186,7 +292,8 @@ def test_training_reduces_distillation_loss_and_single_mode(supernet_of: Callabl
     # held-out metrics changed with training (direction at 6 steps on random weights is not asserted)
     assert smol.heldout["smallest"]["nll"] != none.heldout["smallest"]["nll"]
     assert Supernet.load(tmp_path / "single").adapters["mode"] == "single"  # type: ignore[index]
-    assert single.heldout["largest"]["nll"] != smol.heldout["largest"]["nll"]
+    assert single.heldout["smallest"]["nll"] != smol.heldout["smallest"]["nll"]
+    assert smol.heldout["largest"] == none.heldout["largest"]  # full_is_base: the largest is the base
 
 
 def test_mismatched_base_model_is_a_clear_error(supernet_of: Callable[[str], Path], tiny_model: Callable[[str], Path],

@@ -73,8 +73,16 @@ def train_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step."),
     seq_len: int = typer.Option(0, "--seq-len", help="Tokens per sequence (0: the supernet's calibration length)."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
-    no_balance: bool = typer.Option(False, "--no-balance", help="No loss-magnitude balancing."),
+    teacher: str = typer.Option("base", "--teacher", help="What the students learn from: base (the frozen base model) | "
+                                                          "largest (AmoebaLLM's in-place distillation)."),
+    task_weight: float = typer.Option(0.0, "--task-weight", help="Decoders, teacher base: next-token loss weight "
+                                                                 "added to the largest's distillation loss."),
+    balance: str = typer.Option("largest", "--balance", help="Loss-magnitude balancing of the students: largest "
+                                                             "(AmoebaLLM) | mean (the mean student loss) | none."),
     mlfs: bool = typer.Option(False, "--mlfs", help="MLFS gradient scaling of small subnets."),
+    no_guard: bool = typer.Option(False, "--no-guard", help="Keep the last state even where a shape got worse than untrained."),
+    num_val: int = typer.Option(32, "--num-val", help="Guard: validation sequences / sentences (never trained on)."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Guard: steps between validations (0: a tenth of --steps, >= 10)."),
     seed: int = typer.Option(0, "--seed", help="Seed of init, data order, shape sampling and gate noise."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between checkpoints (0: none)."),
     checkpoint_dir: Path | None = typer.Option(None, "--checkpoint-dir", help="Where checkpoints go (default: OUT.checkpoint)."),
@@ -84,7 +92,7 @@ def train_command(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Fine-tune SUPERNET so every shape improves at once (SMoL + in-place distillation, sandwich rule)."""
+    """Fine-tune SUPERNET so every shape improves at once (SMoL, distillation from the base, sandwich rule, guard)."""
     from nas.finetune.config import AdapterConfig, FinetuneConfig
     from nas.finetune.train import train_supernet
 
@@ -94,17 +102,21 @@ def train_command(
         adapter_config = AdapterConfig(mode=adapter, num_experts=experts, rank=rank, top_k=top_k)
     config = FinetuneConfig(
         adapter=adapter_config, steps=steps, lr=lr, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
-        data=None if data is None else str(data), num_random=num_random, balance=not no_balance,
-        grad_scale="mlfs" if mlfs else "none", seed=seed, checkpoint_every=checkpoint_every,
+        data=None if data is None else str(data), num_random=num_random, teacher=teacher, task_weight=task_weight,
+        balance=balance, grad_scale="mlfs" if mlfs else "none", seed=seed, checkpoint_every=checkpoint_every,
+        guard=not no_guard, num_val=num_val, eval_every=eval_every,
     )
     result = train_supernet(supernet, out, config, model=model, resume=resume, checkpoint_dir=checkpoint_dir,
                             overwrite=overwrite, progress=not no_progress)
     if as_json:
         print_json({"out": None if result.out is None else str(result.out), "seconds": round(result.seconds, 2),
-                    "steps": result.steps, "heldout": result.heldout, "shapes": result.shapes})
+                    "steps": result.steps, "heldout": result.heldout, "shapes": result.shapes,
+                    "kept_step": result.guard.get("kept_step", result.steps), "notes": result.notes})
         return
     where = f"wrote {result.out}" if result.out is not None else "evaluated (nothing written)"
     typer.echo(f"{where}: {result.steps} steps in {result.seconds:.1f} s ({adapter})")
+    for note in result.notes:
+        typer.echo(f"  {note}")
     for name, metrics in result.heldout.items():
         values = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         typer.echo(f"  {name:>8} {result.shapes[name]}: {values}")

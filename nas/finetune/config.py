@@ -15,6 +15,12 @@ from nas.errors import AnyshapeError
 
 ADAPTER_MODES = ("smol", "single", "none")
 GRAD_SCALES = ("none", "mlfs")
+#: What the students (smallest + random shapes) learn from: the frozen base model's outputs, or the
+#: largest shape's detached outputs of the same step (AmoebaLLM's in-place distillation).
+TEACHERS = ("base", "largest")
+#: Loss-magnitude balancing: none; to the largest's loss (AmoebaLLM: ``loss_i * loss_ref / loss_i``,
+#: ``loss_ref`` the largest's task loss where it has one); or to the mean student loss of the step before.
+BALANCES = ("none", "largest", "mean")
 
 
 def _check_int(owner: str, name: str, value: Any, low: int, high: int) -> None:
@@ -38,6 +44,8 @@ class AdapterConfig:
     top_k: int = field(default=2, metadata={"help": "experts mixed per layer (top-k of the gate's logits)"})
     gate_hidden: int = field(default=64, metadata={"help": "hidden units of the gate MLP"})
     gate_noise: float = field(default=1.0, metadata={"help": "std of the gate's logit noise, in training only (0 = none)"})
+    full_is_base: bool = field(default=True, metadata={"help": "scale a shape's mixture by 1 - params(shape) / params(full): "
+                                                               "the full shape stays the base model exactly"})
 
     def __post_init__(self) -> None:
         if self.mode not in ADAPTER_MODES:
@@ -48,13 +56,15 @@ class AdapterConfig:
         _check_int("adapter", "gate_hidden", self.gate_hidden, 1, 4096)
         _check_float("adapter", "alpha", self.alpha, 1e-6, 1e6)
         _check_float("adapter", "gate_noise", self.gate_noise, 0.0, 100.0)
+        if not isinstance(self.full_is_base, bool):
+            raise AnyshapeError(f"adapter full_is_base is {self.full_is_base!r}; it must be true or false")
         if self.mode == "single" and (self.num_experts != 1 or self.top_k != 1):
             raise AnyshapeError("adapter mode 'single' is one shared LoRA: num_experts and top_k must be 1 "
                                 "(use AdapterConfig.single())")
 
     @classmethod
-    def single(cls, rank: int = 8, alpha: float = 16.0) -> AdapterConfig:
-        return cls(mode="single", num_experts=1, rank=rank, alpha=alpha, top_k=1, gate_noise=0.0)
+    def single(cls, rank: int = 8, alpha: float = 16.0, full_is_base: bool = True) -> AdapterConfig:
+        return cls(mode="single", num_experts=1, rank=rank, alpha=alpha, top_k=1, gate_noise=0.0, full_is_base=full_is_base)
 
     @property
     def scale(self) -> float:
@@ -69,12 +79,12 @@ class AdapterConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise AnyshapeError(f"adapter config has unknown fields {unknown}")
-        return cls(**dict(data))
+        return cls(**{"full_is_base": False, **dict(data)})  # a record without the field was trained without it
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """One in-place distillation run (sandwich rule) over a supernet."""
+    """One distillation run (sandwich rule) over a supernet, with its guard."""
 
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     steps: int = field(default=200, metadata={"help": "optimizer steps"})
@@ -85,17 +95,40 @@ class FinetuneConfig:
     seq_len: int = field(default=0, metadata={"help": "tokens per sequence; 0 = the supernet's calibration seq_len"})
     data: str | None = field(default=None, metadata={"help": "plain-text training file (paragraphs); default builtin corpus"})
     num_random: int = field(default=2, metadata={"help": "random shapes per step besides the largest and smallest (n)"})
-    balance: bool = field(default=True, metadata={"help": "loss-magnitude balancing: loss_i * loss_ref / loss_i.detach()"})
+    teacher: str = field(default="base", metadata={"help": f"one of {TEACHERS}: what the students distill from"})
+    task_weight: float = field(default=0.0, metadata={"help": "decoders, teacher base: weight of the next-token loss "
+                                                              "added to the largest's distillation loss"})
+    balance: str = field(default="largest", metadata={"help": f"one of {BALANCES}: loss-magnitude balancing of the students"})
     balance_min: float = field(default=1e-6, metadata={"help": "no balancing in a step whose reference loss is below this"})
     grad_scale: str = field(default="none", metadata={"help": f"one of {GRAD_SCALES}: MLFS gradient scaling of small subnets"})
     mlfs_gamma: float = field(default=0.5, metadata={"help": "MLFS: subnet loss times (params_full / params_i) ** gamma"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = none)"})
     seed: int = field(default=0, metadata={"help": "seed of adapter init, data order, shape sampling and gate noise"})
     checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints (0 = none)"})
+    guard: bool = field(default=True, metadata={"help": "validate the eval shapes during training; keep the best state "
+                                                        "in which no shape is worse than untrained, stop when none is"})
+    num_val: int = field(default=32, metadata={"help": "validation sequences / sentences of the guard (never trained on)"})
+    eval_every: int = field(default=0, metadata={"help": "steps between guard validations (0 = a tenth of the steps, >= 10)"})
+    patience: int = field(default=2, metadata={"help": "guard: stop after this many validations in a row with a worse shape"})
+    guard_tolerance: float = field(default=1e-3, metadata={"help": "guard: a shape is worse when its validation loss (nll, "
+                                                                   "or 1 - cosine) rises by more than this"})
 
     def __post_init__(self) -> None:
         if isinstance(self.adapter, Mapping):
             object.__setattr__(self, "adapter", AdapterConfig.from_dict(self.adapter))
+        if isinstance(self.balance, bool):  # configs before 2026-12: balance on / off
+            object.__setattr__(self, "balance", "largest" if self.balance else "none")
+        if self.teacher not in TEACHERS:
+            raise AnyshapeError(f"finetune teacher is {self.teacher!r}; allowed: {', '.join(TEACHERS)}")
+        if self.balance not in BALANCES:
+            raise AnyshapeError(f"finetune balance is {self.balance!r}; allowed: {', '.join(BALANCES)}")
+        _check_float("finetune", "task_weight", self.task_weight, 0.0, 1e3)
+        if not isinstance(self.guard, bool):
+            raise AnyshapeError(f"finetune guard is {self.guard!r}; it must be true or false")
+        _check_int("finetune", "num_val", self.num_val, 1, 100_000)
+        _check_int("finetune", "eval_every", self.eval_every, 0, 10_000_000)
+        _check_int("finetune", "patience", self.patience, 1, 1000)
+        _check_float("finetune", "guard_tolerance", self.guard_tolerance, 0.0, 1e3)
         _check_int("finetune", "steps", self.steps, 0, 10_000_000)
         _check_float("finetune", "lr", self.lr, 0.0, 10.0)
         _check_float("finetune", "weight_decay", self.weight_decay, 0.0, 10.0)
@@ -111,6 +144,11 @@ class FinetuneConfig:
         _check_float("finetune", "max_grad_norm", self.max_grad_norm, 0.0, 1e6)
         _check_int("finetune", "seed", self.seed, 0, 2**63 - 1)
         _check_int("finetune", "checkpoint_every", self.checkpoint_every, 0, 10_000_000)
+
+    @property
+    def validation_interval(self) -> int:
+        """Steps between guard validations."""
+        return self.eval_every or max(10, self.steps // 10)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,18 +1,25 @@
-"""In-place distillation with the sandwich rule (AmoebaLLM, after BigNAS / OFA).
+"""Distillation with the sandwich rule (AmoebaLLM, after BigNAS / OFA), from the frozen base model.
 
-Per step: the largest shape trains on the task loss (decoders: next-token labels; encoders:
-matching the frozen full model's outputs -- ``1 - cos`` of mean-pooled embeddings plus the
-relative hidden-state error); the smallest shape and ``n`` seeded random shapes train on the
-largest's detached outputs (decoders: ``KL(teacher || student)`` on next-token distributions;
-encoders: the same embedding/hidden matching against the largest). Loss-magnitude balancing
-scales each subnet's loss to the largest's magnitude, ``loss_i * loss_ref.detach() / loss_i.detach()``,
-so every shape's gradient has the reference's scale. Optional MLFS-style gradient scaling
-multiplies a subnet's loss by ``(params_full / params_i) ** gamma`` (our reading of MLFS:
-smaller subnets get larger steps).
+Per step the largest shape, the smallest and ``n`` seeded random shapes are trained. With
+``teacher: base`` (the default) every one of them learns from the frozen base model's outputs
+(decoders: ``KL(base || shape)`` on next-token distributions; encoders: ``1 - cos`` of mean-pooled
+embeddings plus the relative hidden-state error), so the optimum of training is "no worse than
+untrained" for every shape; the largest may add the next-token loss (``task_weight``), as far as
+the guard of :mod:`nas.finetune.train` lets it. With ``teacher: largest`` (AmoebaLLM's in-place
+distillation) the largest trains on the task loss and the students on its detached outputs.
+
+Loss-magnitude balancing scales each student's loss to a reference magnitude,
+``loss_i * loss_ref.detach() / loss_i.detach()``: ``largest`` is AmoebaLLM's rule (the largest's
+loss; its next-token loss on decoders, whether or not it is trained on), ``mean`` the mean student
+loss of the previous step (every student's gradient gets the same scale, and a reference near
+zero -- an encoder's largest matching the base it is -- cannot stall the students). Optional
+MLFS-style gradient scaling multiplies a subnet's loss by ``(params_full / params_i) ** gamma``
+(our reading of MLFS: smaller subnets get larger steps).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,16 +32,17 @@ from torch import nn
 from nas.cuts import plan_cuts
 from nas.families import ModelFamily
 from nas.finetune.config import FinetuneConfig
-from nas.finetune.smol import SMoL
+from nas.finetune.smol import SMoL, block_params
 from nas.masking import masked_subnet
 from nas.shape import Shape
 from nas.supernet.artifact import Supernet
 from nas.supernet.evaluate import Batch, mean_pool, run
 
 
-def balance(loss: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def balance(loss: torch.Tensor, reference: torch.Tensor | float) -> torch.Tensor:
     """Loss-magnitude balancing: ``loss * reference.detach() / loss.detach()`` (value = reference)."""
-    return loss * reference.detach() / loss.detach()
+    ref = reference.detach() if isinstance(reference, torch.Tensor) else reference
+    return loss * ref / loss.detach()
 
 
 # ---- shapes ----------------------------------------------------------------------------------
@@ -88,15 +96,6 @@ class ShapeSampler:
 
     def set_state(self, state: Any) -> None:
         self.rng.setstate(state)
-
-
-def block_params(supernet: Supernet, shape: Shape) -> int:
-    """Parameters in the blocks of ``shape`` (attention + FFN weights), for MLFS scaling."""
-    s = supernet.space
-    assert shape.layers is not None and shape.heads is not None and shape.kv_heads is not None and shape.ffn is not None
-    attn = s.hidden_size * s.head_dim * (2 * shape.heads + 2 * shape.kv_heads)
-    ffn_mats = 3 if s.family in ("llama", "qwen2", "qwen3", "mistral") else 2
-    return len(shape.layers) * (attn + ffn_mats * s.hidden_size * shape.ffn)
 
 
 # ---- losses ----------------------------------------------------------------------------------
@@ -154,37 +153,55 @@ def forward_shape(model: nn.Module, family: ModelFamily, supernet: Supernet, smo
 
 
 def sandwich_step(model: nn.Module, family: ModelFamily, supernet: Supernet, smol: SMoL, shapes: list[Shape],
-                  batch: Batch, reference: torch.Tensor | None, config: FinetuneConfig,
-                  noise: torch.Generator | None) -> dict[str, float]:
+                  batch: Batch, base: torch.Tensor, config: FinetuneConfig, noise: torch.Generator | None,
+                  previous: Mapping[str, float] | None = None) -> dict[str, float]:
     """Forward and backward of the sandwich ``shapes`` (largest first); gradients accumulate in ``smol``.
 
-    ``reference`` is the frozen full model's last hidden state (encoders) or None (decoders).
-    Returns the raw (unbalanced) loss per role.
+    ``base`` is the frozen base model's output of ``batch`` (decoders: logits; encoders: last hidden
+    state); ``previous`` the raw losses of the step before (``balance: mean``). Returns the raw
+    (unbalanced) loss per role, and decoders' ``largest_task`` (the largest's next-token loss).
     """
     largest, *students = shapes
-    out = forward_shape(model, family, supernet, smol, largest, batch, noise)
-    if family.kind == "decoder":
-        loss_ref = next_token_loss(out, batch)
+    decoder = family.kind == "decoder"
+    frozen = config.teacher == "base" and smol.amplitude(largest) == 0.0  # the largest is the base: nothing to learn
+    with torch.no_grad() if frozen else contextlib.nullcontext():
+        out = forward_shape(model, family, supernet, smol, largest, batch, noise)
+    losses: dict[str, float] = {}
+    if decoder:
+        task = next_token_loss(out, batch)
+        losses["largest_task"] = task.detach().item()
+        if config.teacher == "base":
+            loss_ref = kl_loss(out, base, batch) + config.task_weight * task if config.task_weight else kl_loss(out, base, batch)
+        else:
+            loss_ref = task
+        magnitude = task.detach().item()
     else:
-        assert reference is not None
-        loss_ref = embedding_loss(out, reference, batch)
-    teacher = out.detach()
-    losses: dict[str, float] = {"largest": loss_ref.detach().item()}
+        loss_ref = embedding_loss(out, base, batch)
+        magnitude = loss_ref.detach().item()
+    losses["largest"] = loss_ref.detach().item()
+    target = base if config.teacher == "base" else out.detach()
     if loss_ref.requires_grad:
         loss_ref.backward()
-    full = block_params(supernet, largest)
+    reference = {"none": None, "largest": magnitude, "mean": _mean_student(previous)}[config.balance]
+    full = block_params(supernet.space, largest)
     for i, shape in enumerate(students):
         out = forward_shape(model, family, supernet, smol, shape, batch, noise)
-        loss = kl_loss(out, teacher, batch) if family.kind == "decoder" else embedding_loss(out, teacher, batch)
-        losses["smallest" if i == 0 else f"random{i}"] = loss.detach().item()
+        loss = kl_loss(out, target, batch) if decoder else embedding_loss(out, target, batch)
+        value = loss.detach().item()
+        losses["smallest" if i == 0 else f"random{i}"] = value
         scaled = loss
-        if config.balance and losses["largest"] > config.balance_min and loss.detach().item() > 0:
-            scaled = balance(loss, loss_ref)
+        if reference is not None and reference > config.balance_min and value > 0:
+            scaled = balance(loss, reference)
         if config.grad_scale == "mlfs":
-            scaled = scaled * (full / block_params(supernet, shape)) ** config.mlfs_gamma
+            scaled = scaled * (full / block_params(supernet.space, shape)) ** config.mlfs_gamma
         if scaled.requires_grad:
             scaled.backward()
     return losses
+
+
+def _mean_student(previous: Mapping[str, float] | None) -> float | None:
+    values = [v for k, v in (previous or {}).items() if k == "smallest" or k.startswith("random")]
+    return sum(values) / len(values) if values else None
 
 
 def mean_losses(history: Sequence[Mapping[str, float]]) -> dict[str, float]:

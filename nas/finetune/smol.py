@@ -9,7 +9,10 @@ logits; the top-k are softmaxed into mixing weights ``w`` (the rest are 0). The 
 
 Because ``w`` depends on the shape alone, for one shape each linear gets the fixed delta
 ``alpha / r * sum_k w_k B_k A_k`` that merges into ``W`` ahead of time (:meth:`SMoL.deltas`,
-:func:`adapted`); an extracted subnet is a stock checkpoint. The gate is deterministic at
+:func:`adapted`); an extracted subnet is a stock checkpoint. With ``full_is_base`` (the default)
+the mixture is also scaled by the shape's amplitude ``1 - params(shape) / params(full)`` (block
+parameters): the full shape is the base model exactly, a shape near it moves little, the smallest
+gets nearly the whole delta -- distillation from the base cannot pull the largest away from it. The gate is deterministic at
 evaluation: logit noise, if any, is added only in training and drawn from a passed generator.
 (AmoebaLLM's code adds the noise at evaluation too; we do not.)
 
@@ -57,6 +60,19 @@ def lora_targets(model: nn.Module, family: ModelFamily) -> list[tuple[Target, nn
     return out
 
 
+def block_params(space: ShapeSpace, shape: Shape) -> int:
+    """Parameters in the blocks of a resolved ``shape`` (attention + FFN weights)."""
+    assert shape.layers is not None and shape.heads is not None and shape.kv_heads is not None and shape.ffn is not None
+    attn = space.hidden_size * space.head_dim * (2 * shape.heads + 2 * shape.kv_heads)
+    ffn_mats = 3 if space.family in ("llama", "qwen2", "qwen3", "mistral") else 2
+    return len(shape.layers) * (attn + ffn_mats * space.hidden_size * shape.ffn)
+
+
+def amplitude(space: ShapeSpace, shape: Shape) -> float:
+    """``1 - params(shape) / params(full)``: how much of its LoRA mixture a shape gets (0 for the full shape)."""
+    return min(1.0, max(0.0, 1.0 - block_params(space, shape) / block_params(space, space.full_shape())))
+
+
 def shape_features(space: ShapeSpace, shape: Shape) -> torch.Tensor:
     """The gate's only input: layer-active mask (L) and width fractions (heads, kv_heads, ffn). -> (L + 3,)"""
     assert shape.layers is not None and shape.heads is not None and shape.kv_heads is not None and shape.ffn is not None
@@ -92,20 +108,25 @@ class SMoL(nn.Module):
                     p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) / p.shape[-1] ** 0.5)
 
     # ---- routing -----------------------------------------------------------------------------
+    def amplitude(self, shape: Shape) -> float:
+        """The scale of ``shape``'s mixture: :func:`amplitude` with ``full_is_base``, else 1."""
+        return amplitude(self.space, shape) if self.config.full_is_base else 1.0
+
     def routing(self, shape: Shape, noise: torch.Generator | None = None) -> torch.Tensor:
-        """Per base layer, the experts' mixing weights for ``shape``. -> (L, K); rows sum to 1.
+        """Per base layer, the experts' mixing weights for ``shape``. -> (L, K); rows sum to :meth:`amplitude`.
 
         Deterministic unless the module is in training mode and a ``noise`` generator is given.
         """
         L, K = self.space.num_layers, self.config.num_experts
         device = next(iter(self.A.values())).device
+        scale = self.amplitude(shape)
         if self.gate is None:
-            return torch.ones(L, K, device=device)
+            return torch.full((L, K), scale, device=device)
         logits = self.gate(shape_features(self.space, shape).to(device)).view(L, K)  # (L, K)
         if self.training and noise is not None and self.config.gate_noise > 0:
             logits = logits + self.config.gate_noise * torch.randn(L, K, generator=noise).to(device)
         top, index = logits.topk(self.config.top_k, dim=-1)  # (L, k)
-        return torch.zeros(L, K, device=device).scatter(-1, index, torch.softmax(top, dim=-1))
+        return torch.zeros(L, K, device=device).scatter(-1, index, scale * torch.softmax(top, dim=-1))
 
     # ---- merged form -------------------------------------------------------------------------
     def delta(self, target: Target, weights: torch.Tensor) -> torch.Tensor:

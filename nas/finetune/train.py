@@ -49,6 +49,12 @@ class TrainResult:
     losses: list[dict[str, float]]
     heldout: dict[str, dict[str, float]] = field(default_factory=dict)  # eval shape -> metrics
     shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The guard's record (:meth:`Guard.record`): validations, the step kept, what it said.
+    guard: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.guard.get("notes", []))
 
 
 def default_checkpoint_dir(out: Path) -> Path:
@@ -94,14 +100,16 @@ def train_supernet(
         p.requires_grad_(False)
     net.to(device)
     vocab = int(source.config_dict().get("vocab_size") or 1 << 62)
-    train_batches, data_record = training_data(source.path, family, supernet, config, vocab)
+    train_batches, val_batches, data_record = training_data(source.path, family, supernet, config, vocab)
     train_batches = [{k: v.to(device) for k, v in b.items()} for b in train_batches]
+    val_batches = [{k: v.to(device) for k, v in b.items()} for b in val_batches]
     evaluate = evaluate and rank == 0
     heldout = [{k: v.to(device) for k, v in b.items()} for b in heldout_data(source.path, family, supernet, vocab)] if evaluate else []
 
     losses: list[dict[str, float]] = []
     steps_done = 0
     smol: SMoL | None = None
+    guard: Guard | None = None
     if mode != "none" and config.steps > 0:
         targets = [t for t, _ in lora_targets(net, family)]
         smol = SMoL(supernet.space, targets, config.adapter, seed=config.seed).to(device)
@@ -110,23 +118,29 @@ def train_supernet(
         optimizer = torch.optim.AdamW(smol.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         assert out is not None
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(Path(out))
+        if config.guard:
+            guard = Guard(lambda: validation_losses(net, family, supernet, smol, val_batches), config)
         if resume:
-            steps_done, losses = load_checkpoint(ckpt, config, supernet.sha256(), smol, optimizer, sampler, noise)
+            steps_done, losses = load_checkpoint(ckpt, config, supernet.sha256(), smol, optimizer, sampler, noise, guard)
         elif (ckpt / STATE_FILE).exists():
             raise AnyshapeError(f"{ckpt} holds a checkpoint of an earlier run; pass --resume to continue it "
                                 "or remove it to start over")
-        references = encoder_references(net, family, train_batches)
+        if guard is not None and not guard.history:
+            guard.start(smol)
+        teacher = base_outputs(net, family, train_batches)
         smol.train()
         bar = _progress(config.steps, steps_done, mode, progress and rank == 0)
         try:
             for step in range(steps_done, config.steps):
                 if stop_after is not None and step >= stop_after:
                     break
+                if guard is not None and guard.stopped:
+                    break
                 b = batch_index(step * world + rank, len(train_batches), config.seed)
                 optimizer.zero_grad(set_to_none=True)
                 shapes = sampler.sandwich(config.num_random)
                 step_losses = sandwich_step(net, family, supernet, smol, shapes, train_batches[b],
-                                            references(b), config, noise)
+                                            teacher(b), config, noise, losses[-1] if losses else None)
                 if world > 1:
                     all_reduce_gradients(smol, world)
                 if config.max_grad_norm > 0:
@@ -137,23 +151,34 @@ def train_supernet(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(largest=f"{step_losses['largest']:.4f}", smallest=f"{step_losses['smallest']:.4f}")
+                if guard is not None and (steps_done % config.validation_interval == 0 or steps_done == config.steps):
+                    smol.eval()
+                    guard.check(steps_done, smol)
+                    smol.train()
+                    if bar is not None and guard.stopped:
+                        bar.write(guard.notes[-1])
                 if config.checkpoint_every and steps_done % config.checkpoint_every == 0 and rank == 0:
-                    save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise)
+                    save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise, guard)
         finally:
             if bar is not None:
                 bar.close()
         if world > 1:
             check_in_sync(smol)
         leave_process_group(joined)
-        if stop_after is not None and steps_done < config.steps:
+        if stop_after is not None and steps_done < config.steps and not (guard is not None and guard.stopped):
             if rank == 0:
-                save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise)
+                save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise, guard)
             return TrainResult(out=None, seconds=time.perf_counter() - start, steps=steps_done, losses=losses)
         smol.eval()
+        if guard is not None:
+            if guard.history[-1]["step"] != steps_done:  # a run stopped early was validated at its last step
+                guard.check(steps_done, smol)
+            guard.restore(smol)
     leave_process_group(joined)
     train_seconds = time.perf_counter() - start
 
-    result = TrainResult(out=None, seconds=train_seconds, steps=steps_done, losses=losses)
+    result = TrainResult(out=None, seconds=train_seconds, steps=steps_done, losses=losses,
+                         guard=guard.record() if guard is not None else {})
     if evaluate:
         result.heldout, result.shapes = evaluate_shapes(net, family, supernet, smol, heldout)
     if mode == "none" or out is None or rank != 0:
@@ -165,7 +190,8 @@ def train_supernet(
                  "architecture": f"Linear({supernet.space.num_layers + 3},{config.adapter.gate_hidden})-Tanh-"
                                  f"Linear({config.adapter.gate_hidden},{supernet.space.num_layers}x{config.adapter.num_experts})",
                  "routing": f"per base layer top-{config.adapter.top_k} softmax; noise in training only"},
-        "training": {**config.to_dict(), "steps_done": steps_done}, "data": data_record,
+        "training": {**config.to_dict(), "steps_done": steps_done,
+                     "kept_step": guard.kept_step if guard is not None else steps_done}, "data": data_record,
         "base_sha256": supernet.base_sha256, "parent_supernet_sha256": supernet.sha256(),
         "targets": targets_to_json(smol.targets),
     }
@@ -175,7 +201,7 @@ def train_supernet(
         write_json_atomic(tmp / TRAIN_LOG_FILE, {"seconds": round(train_seconds, 2), "threads": torch.get_num_threads(),
                                                  "world_size": world, "device": str(device),
                                                  "steps": steps_done, "mean_losses": mean_losses(losses),
-                                                 "losses": losses, "heldout": result.heldout})
+                                                 "losses": losses, "heldout": result.heldout, "guard": result.guard})
     result.out = Path(out)
     return result
 
@@ -239,17 +265,31 @@ def check_in_sync(smol: SMoL) -> None:
 
 
 # ---- data ------------------------------------------------------------------------------------
-def training_data(model_path: Path, family: Any, supernet: Any, config: FinetuneConfig, vocab: int) -> tuple[list[Batch], dict[str, Any]]:
-    """Training batches from the calibration pool (or ``config.data``), never the held-out pool."""
+def training_data(model_path: Path, family: Any, supernet: Any, config: FinetuneConfig,
+                  vocab: int) -> tuple[list[Batch], list[Batch], dict[str, Any]]:
+    """Training and validation batches from the calibration pool (or ``config.data``), never the held-out pool.
+
+    ``num_train + num_val`` sequences are drawn; the last ``num_val`` are the guard's validation
+    rows, which no step trains on.
+    """
     from nas.supernet.calibration import CalibrationConfig, prepare_data
+    from nas.supernet.evaluate import iter_batches
 
     base = dict(supernet.build_config.get("calibration") or {})
     seq_len = config.seq_len or int(base.get("seq_len") or 128)
-    calib = CalibrationConfig(calib_text=config.data, num_calib=config.num_train, num_heldout=1, seq_len=seq_len,
-                              batch_size=config.batch_size, seed=config.seed)
+    calib = CalibrationConfig(calib_text=config.data, num_calib=config.num_train + config.num_val, num_heldout=1,
+                              seq_len=seq_len, batch_size=config.batch_size, seed=config.seed)
     data = prepare_data(model_path, family, calib, vocab)
-    record = {k: data.record[k] for k in ("corpus", "seed", "seq_len", "num_calib", "calib_tokens", "calib_sha256")}
-    return data.calib, record
+    rows = {k: torch.cat([b[k] for b in data.calib]) for k in data.calib[0]}
+    n = next(iter(rows.values())).shape[0]
+    if n <= config.num_val:
+        raise AnyshapeError(f"the training text gives {n} sequences of {seq_len} tokens, not more than the "
+                            f"{config.num_val} validation ones (--num-val); give more text or a smaller --num-val")
+    train = {k: v[: n - config.num_val] for k, v in rows.items()}
+    val = {k: v[n - config.num_val:] for k, v in rows.items()}
+    record = {k: data.record[k] for k in ("corpus", "seed", "seq_len", "calib_tokens", "calib_sha256")}
+    record.update(num_calib=n - config.num_val, num_val=config.num_val)
+    return list(iter_batches(train, config.batch_size)), list(iter_batches(val, config.batch_size)), record
 
 
 def heldout_data(model_path: Path, family: Any, supernet: Any, vocab: int) -> list[Batch]:
@@ -269,22 +309,122 @@ def batch_index(step: int, n: int, seed: int) -> int:
     return int(torch.randperm(n, generator=gen)[step % n])
 
 
-def encoder_references(net: Any, family: Any, batches: list[Batch]) -> Callable[[int], torch.Tensor | None]:
-    """Encoders: the frozen full model's last hidden state of training batch ``b`` (the task target),
-    computed on first use and kept; decoders: None."""
+def base_outputs(net: Any, family: Any, batches: list[Batch]) -> Callable[[int], torch.Tensor]:
+    """The frozen base model's output of training batch ``b``, the teacher: encoders' last hidden
+    state (computed on first use and kept), decoders' logits (computed every time: a vocabulary's
+    logits per token are too big to keep for every batch)."""
     from nas.supernet.evaluate import run
 
     cache: dict[int, torch.Tensor] = {}
 
-    def reference(b: int) -> torch.Tensor | None:
-        if family.kind != "encoder":
-            return None
-        if b not in cache:
-            with torch.no_grad():
-                cache[b] = run(net, family, batches[b]).last_hidden_state
+    def output(b: int) -> torch.Tensor:
+        if b in cache:
+            return cache[b]
+        with torch.no_grad():
+            out = run(net, family, batches[b])
+        if family.kind == "decoder":
+            return out.logits
+        cache[b] = out.last_hidden_state
         return cache[b]
 
-    return reference
+    return output
+
+
+def validation_losses(net: Any, family: Any, supernet: Any, smol: SMoL | None, batches: list[Batch]) -> dict[str, float]:
+    """Validation loss (nll, or 1 - cosine to the base) of every eval shape with merged adapters; lower is better."""
+    from nas.cuts import plan_cuts
+    from nas.finetune.apply import shape_hooks
+    from nas.supernet.evaluate import SubnetEvaluator
+
+    evaluator = SubnetEvaluator(net, family, supernet.space, batches)
+    out: dict[str, float] = {}
+    for name, shape in eval_shapes(supernet).items():
+        cuts = plan_cuts(supernet.space, shape, supernet.orders)
+        assert shape.layers is not None
+        out[name] = float(evaluator.score(tuple(shape.layers), cuts=cuts,
+                                          hooks=shape_hooks(supernet, family, smol, shape, cuts)).loss)
+    return out
+
+
+class Guard:
+    """Fine-tuning that cannot make a shape worse: validate, keep the best harmless state, stop when none is.
+
+    Before the first step and every ``validation_interval`` steps the eval shapes (largest, three
+    middle, smallest) are scored on validation rows no step trains on. A state is harmless when no
+    shape's loss is above its untrained loss by more than ``guard_tolerance``; the harmless state
+    with the lowest mean relative loss is kept (the untrained one, step 0, is harmless by
+    definition), and :meth:`restore` puts it back at the end. After ``patience`` harmful
+    validations in a row training stops. Every decision is said in :attr:`notes`.
+    """
+
+    def __init__(self, validate: Callable[[], dict[str, float]], config: FinetuneConfig):
+        self.validate, self.config = validate, config
+        self.history: list[dict[str, Any]] = []
+        self.kept_step = 0
+        self.kept_state: dict[str, torch.Tensor] = {}
+        self.kept_score = 0.0
+        self.bad_streak = 0
+        self.stopped = False
+        self.notes: list[str] = []
+
+    @property
+    def untrained(self) -> dict[str, float]:
+        return dict(self.history[0]["loss"])
+
+    def start(self, smol: SMoL) -> None:
+        """Validate the untrained state (step 0) and keep it."""
+        self.history = [{"step": 0, "loss": self.validate(), "worse": []}]
+        self.kept_state = _copy_state(smol)
+
+    def check(self, step: int, smol: SMoL) -> None:
+        losses = self.validate()
+        base = self.untrained
+        worse = sorted(name for name, v in losses.items() if v > base[name] + self.config.guard_tolerance)
+        self.history.append({"step": step, "loss": losses, "worse": worse})
+        if worse:
+            self.bad_streak += 1
+            if self.bad_streak >= self.config.patience:
+                self.stopped = True
+                self.notes.append(f"guard: stopped at step {step}: {_describe(worse, losses, base)} worse than untrained "
+                                  f"in {self.bad_streak} validations in a row")
+            return
+        self.bad_streak = 0
+        score = sum((losses[n] - base[n]) / max(base[n], 1e-3) for n in losses) / len(losses)
+        if score < self.kept_score:
+            self.kept_step, self.kept_score, self.kept_state = step, score, _copy_state(smol)
+
+    def restore(self, smol: SMoL) -> None:
+        """Put the kept state back (said in :attr:`notes` unless it is the last one)."""
+        last = self.history[-1]["step"]
+        if self.kept_step != last:
+            smol.load_state_dict(self.kept_state)
+            if self.kept_step == 0:
+                self.notes.append(f"guard: rolled back to the untrained state: no validation up to step {last} left every "
+                                  "shape at least as good as untrained")
+            else:
+                self.notes.append(f"guard: kept step {self.kept_step} of {last} (the best state with no shape worse "
+                                  "than untrained on validation)")
+
+    def record(self) -> dict[str, Any]:
+        return {"tolerance": self.config.guard_tolerance, "kept_step": self.kept_step, "stopped": self.stopped,
+                "validations": self.history, "notes": list(self.notes)}
+
+    def state(self) -> dict[str, Any]:
+        return {"history": self.history, "kept_step": self.kept_step, "kept_score": self.kept_score,
+                "kept_state": self.kept_state, "bad_streak": self.bad_streak, "stopped": self.stopped, "notes": self.notes}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.history, self.kept_step, self.kept_score = list(state["history"]), int(state["kept_step"]), float(state["kept_score"])
+        self.kept_state, self.bad_streak = dict(state["kept_state"]), int(state["bad_streak"])
+        self.stopped, self.notes = bool(state["stopped"]), list(state["notes"])
+
+
+def _copy_state(smol: SMoL) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in smol.state_dict().items()}
+
+
+def _describe(worse: list[str], losses: dict[str, float], base: dict[str, float]) -> str:
+    return ", ".join(f"{n} ({base[n]:.4f} -> {losses[n]:.4f})" for n in worse)
 
 
 def evaluate_shapes(net: Any, family: Any, supernet: Any, smol: SMoL | None,
@@ -308,12 +448,14 @@ def evaluate_shapes(net: Any, family: Any, supernet: Any, smol: SMoL | None,
 
 # ---- checkpoints -----------------------------------------------------------------------------
 def save_checkpoint(directory: Path, config: FinetuneConfig, supernet_sha: str, step: int, losses: list[dict[str, float]],
-                    smol: SMoL, optimizer: torch.optim.Optimizer, sampler: ShapeSampler, noise: torch.Generator) -> None:
+                    smol: SMoL, optimizer: torch.optim.Optimizer, sampler: ShapeSampler, noise: torch.Generator,
+                    guard: Guard | None = None) -> None:
     """Write ``state.pt`` atomically (temporary file, fsync, rename)."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "config": config.to_dict(), "supernet_sha256": supernet_sha, "losses": losses,
              "smol": smol.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
-             "noise": noise.get_state(), "torch_rng": torch.get_rng_state()}
+             "noise": noise.get_state(), "torch_rng": torch.get_rng_state(),
+             "guard": guard.state() if guard is not None else None}
     tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         torch.save(state, f)
@@ -323,7 +465,7 @@ def save_checkpoint(directory: Path, config: FinetuneConfig, supernet_sha: str, 
 
 
 def load_checkpoint(directory: Path, config: FinetuneConfig, supernet_sha: str, smol: SMoL, optimizer: torch.optim.Optimizer,
-                    sampler: ShapeSampler, noise: torch.Generator) -> tuple[int, list[dict[str, float]]]:
+                    sampler: ShapeSampler, noise: torch.Generator, guard: Guard | None = None) -> tuple[int, list[dict[str, float]]]:
     path = directory / STATE_FILE
     if not path.is_file():
         raise AnyshapeError(f"--resume: no checkpoint at {path}; start without --resume")
@@ -338,6 +480,8 @@ def load_checkpoint(directory: Path, config: FinetuneConfig, supernet_sha: str, 
     sampler.set_state(state["sampler"])
     noise.set_state(state["noise"])
     torch.set_rng_state(state["torch_rng"])
+    if guard is not None and state.get("guard"):
+        guard.set_state(state["guard"])
     return int(state["step"]), list(state["losses"])
 
 
