@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _docs import replace_section
 
 from nas.finetune.config import AdapterConfig, FinetuneConfig
 from nas.finetune.train import train_supernet
@@ -129,16 +130,6 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str, path: Path) -> None:
-    doc = path.read_text()
-    heading = next((line for line in doc.splitlines() if line.startswith(SECTION)), None)
-    if heading is None:
-        path.write_text(doc.rstrip() + "\n\n" + text.rstrip() + "\n")
-        return
-    start = doc.index(heading)
-    end = doc.find("\n## ", start + len(heading))
-    path.write_text(doc[:start] + text.rstrip() + "\n" + ("" if end == -1 else "\n" + doc[end + 1 :]))
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Supernet fine-tuning ablation.")
@@ -170,7 +161,7 @@ def main() -> None:
     text = markdown(results)
     print(text)
     if args.write_docs:
-        write_docs(text, Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md")
+        replace_section(SECTION, text)
 
 
 if __name__ == "__main__":

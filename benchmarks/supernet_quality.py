@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _docs import replace_section
 
 from nas.cuts import plan_cuts
 from nas.hub import resolve_model
@@ -139,13 +140,6 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str, path: Path) -> None:
-    doc = path.read_text()
-    start = doc.index(SECTION)
-    end = doc.find("\n## ", start + len(SECTION))
-    new = doc[:start] + text.rstrip() + "\n" + ("" if end == -1 else "\n" + doc[end + 1 :])
-    path.write_text(new)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Supernet construction quality benchmark (issue 3).")
@@ -168,7 +162,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
     if args.write_docs:
-        write_docs(text, Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md")
+        replace_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -418,3 +418,16 @@ def test_cli_train_inspect_extract(supernet_of: Callable[[str], Path], tmp_path:
     assert "top_k" in capsys.readouterr().err
     assert main(["extract", "--supernet", str(out), "--shape", '{"depth": 2, "ffn": 24}', "--out", str(tmp_path / "sub")]) == 0
     assert json.loads((tmp_path / "sub" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def test_a_time_budget_stops_training_and_says_so(supernet_of: Callable[[str], Path], tmp_path: Path, monkeypatch) -> None:
+    """--max-minutes: the loop stops at the budget, validates where it stopped and writes a complete trained supernet."""
+    import nas.finetune.train as train_module
+
+    budget = FinetuneConfig(**{**QUICK, "steps": 50, "guard": True, "eval_every": 100, "max_minutes": 1.0})  # type: ignore[arg-type]
+    clock = iter(range(0, 10_000, 20))  # every call to the clock is 20 s later: the 60 s budget ends after 2 steps
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
+    result = train_supernet(supernet_of("llama"), tmp_path / "t", budget, progress=False)
+    assert 0 < result.steps < 50 and result.out is not None
+    assert any(n.startswith("time budget of 1 min reached at step") for n in result.notes)
+    assert result.guard["validations"][-1]["step"] == result.steps

@@ -84,3 +84,15 @@ def test_budget_no_shape_meets(capsys, setup):
     assert code == 0, err
     code, _, err = cli(capsys, "export", "--study", "tight", "--storage", f"sqlite:///{setup / 'study.db'}", "--out", setup / "tight")
     assert code == 1 and "no shape met the budgets" in err
+
+
+def test_decoder_search_takes_token_accuracy(capsys, setup):
+    import optuna
+
+    code, _, err = cli(capsys, *search_args(setup, "--trials", 4, "--study", "tokacc", "--metric", "token_accuracy", "--json"))
+    assert code == 0, err
+    study = optuna.load_study(study_name="tokacc", storage=f"sqlite:///{setup / 'study.db'}")
+    assert study.user_attrs["accuracy_metric"] == "token_accuracy" and study.user_attrs["accuracy_direction"] == "maximize"
+    assert all(0.0 <= t.values[0] <= 1.0 for t in study.trials)
+    code, _, err = cli(capsys, *search_args(setup, "--trials", 4, "--study", "tokacc2", "--metric", "cosine"))
+    assert code == 1 and "not a metric of decoders" in err and len(err.strip().splitlines()) == 1, err

@@ -12,6 +12,7 @@ import typer
 
 from nas.cli import (  # noqa: F401  (commands register on import)
     calibrate_cmd,
+    corpus_cmd,
     device_cmd,
     extract_cmd,
     inspect_cmd,

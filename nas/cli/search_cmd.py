@@ -47,18 +47,22 @@ def search_command(
     tables: Path = typer.Option(Path("latency_tables"), "--tables", help="Root folder of the latency tables."),
     table: str | None = typer.Option(None, "--table", help="Table name (default: the base model's name)."),
     calibration: bool = typer.Option(True, "--calibration/--no-calibration", help="Use this machine's latency calibration (anyshape calibrate) where one applies."),
+    metric: str = typer.Option("default", "--metric", help="Accuracy objective: default (encoders: cosine to the base; decoders: perplexity), "
+                               "token_accuracy (decoders), pairs:FILE (text1<TAB>text2<TAB>score, Spearman) or labels:FILE "
+                               "(label<TAB>text, probe accuracy)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Search the accuracy / latency Pareto front of a supernet's shapes on a device."""
     from nas.search.run import SearchConfig, run_search
     from nas.workload import Workload
 
+    metric_args = metric_factory_args(metric)
     config = SearchConfig(
         study=study or f"{supernet.absolute().name}-{device}-{runtime}",
         trials=trials,
         factory="nas.search.factory:supernet_problem",
         factory_args={"supernet": str(supernet.absolute()), "model": model, "tables": str(tables.absolute()), "table": table,
-                      "calibrated": calibration},
+                      "calibrated": calibration, **metric_args},
         device=device,
         runtime=runtime,
         workload=Workload.parse(workload),
@@ -81,6 +85,23 @@ def search_command(
                + (f" (latency calibrated on this machine, calibration {result.calibration['id']})" if result.calibration else "")
                + f"; export with: anyshape export --study {result.study}"
                + (f" --storage {storage}" if storage else ""))
+
+
+def metric_factory_args(metric: str) -> dict[str, str]:
+    """``--metric`` as factory arguments: none for the default (so older studies resume), the task file's
+    absolute path and sha256 for a task (so a study refuses a changed file)."""
+    import hashlib
+
+    from nas.supernet.tasks import load_task
+
+    if metric == "default":
+        return {}
+    if metric in ("cosine", "perplexity", "token_accuracy"):
+        return {"metric": metric}
+    load_task(metric)  # a bad file fails here, in one line, before any worker starts
+    kind, _, path = metric.partition(":")
+    file = Path(path).absolute()
+    return {"metric": f"{kind}:{file}", "metric_sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
 
 
 @app.command("verify")

@@ -22,8 +22,10 @@ def build_command(
     baselines: bool = typer.Option(False, "--baselines", help="Also store drop-last and block-influence tables."),
     width_method: str = typer.Option("fluctuation", "--width-method", help="fluctuation (FLAP) | magnitude | random."),
     bias_compensation: bool = typer.Option(False, "--bias-compensation", help="FLAP bias compensation (bert, llama)."),
-    calib_text: Path | None = typer.Option(None, "--calib-text", help="Calibration text file (paragraphs) instead of the builtin corpus."),
+    calib_text: Path | None = typer.Option(None, "--calib-text", help="Calibration text / JSON-lines file or folder instead of the builtin corpus."),
     calib_dataset: str | None = typer.Option(None, "--calib-dataset", help="Hugging Face dataset NAME[:CONFIG] (needs `datasets` and network)."),
+    corpus: str = typer.Option("stdlib-docs", "--corpus", help="Builtin corpus when no --calib-text / --calib-dataset: "
+                                                              "stdlib-docs | english (`anyshape corpus build english`)."),
     num_calib: int = typer.Option(32, "--num-calib", help="Calibration sequences (decoders) or sentences (encoders)."),
     num_heldout: int = typer.Option(32, "--num-heldout", help="Held-out sequences or sentences."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence."),
@@ -39,7 +41,7 @@ def build_command(
     from nas.supernet.calibration import CalibrationConfig
 
     calibration = CalibrationConfig(
-        calib_text=None if calib_text is None else str(calib_text), calib_dataset=calib_dataset, num_calib=num_calib,
+        calib_text=None if calib_text is None else str(calib_text), calib_dataset=calib_dataset, corpus=corpus, num_calib=num_calib,
         num_heldout=num_heldout, seq_len=seq_len, batch_size=batch_size, seed=seed,
     )
     config = BuildConfig(
@@ -63,12 +65,14 @@ def train_command(
     supernet: Path = typer.Argument(..., help="Supernet directory (from `anyshape supernet build`)."),
     out: Path | None = typer.Option(None, "--out", help="Trained supernet directory to write (not needed with --adapter none)."),
     steps: int = typer.Option(200, "--steps", help="Optimizer steps (each: largest + smallest + n random shapes)."),
+    max_minutes: float = typer.Option(0.0, "--max-minutes", help="Wall-clock budget of training (0: none); it stops there, validated."),
     adapter: str = typer.Option("smol", "--adapter", help="smol (mixture of LoRAs) | single (one shared LoRA) | none (evaluate only)."),
     experts: int = typer.Option(5, "--experts", help="SMoL: LoRA experts per linear layer (K)."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank of every expert."),
     top_k: int = typer.Option(2, "--top-k", help="SMoL: experts mixed per layer."),
     num_random: int = typer.Option(2, "--num-random", help="Random shapes per step besides the largest and smallest."),
-    data: Path | None = typer.Option(None, "--data", help="Training text file (paragraphs); default: the builtin corpus's calibration pool."),
+    data: str | None = typer.Option(None, "--data", help="Training text: a corpus name (english: `anyshape corpus build`) or a "
+                                                         "text / JSON-lines FILE or DIR; default: the builtin corpus's calibration pool."),
     num_train: int = typer.Option(256, "--num-train", help="Training sequences (decoders) or sentences (encoders)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step."),
     seq_len: int = typer.Option(0, "--seq-len", help="Tokens per sequence (0: the supernet's calibration length)."),
@@ -101,8 +105,8 @@ def train_command(
     else:
         adapter_config = AdapterConfig(mode=adapter, num_experts=experts, rank=rank, top_k=top_k)
     config = FinetuneConfig(
-        adapter=adapter_config, steps=steps, lr=lr, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
-        data=None if data is None else str(data), num_random=num_random, teacher=teacher, task_weight=task_weight,
+        adapter=adapter_config, steps=steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
+        data=data, num_random=num_random, teacher=teacher, task_weight=task_weight,
         balance=balance, grad_scale="mlfs" if mlfs else "none", seed=seed, checkpoint_every=checkpoint_every,
         guard=not no_guard, num_val=num_val, eval_every=eval_every,
     )

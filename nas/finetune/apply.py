@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from nas.cuts import LayerCut
+from nas.cuts import LayerCut, plan_cuts
 from nas.families import ModelFamily
 from nas.finetune.smol import SMoL, adapted
 from nas.shape import Shape
@@ -35,3 +35,12 @@ def shape_hooks(supernet: Any, family: ModelFamily, smol: SMoL | None, shape: Sh
             yield model
 
     return hooks
+
+
+def subnet_of(supernet: Any, family: ModelFamily, smol: SMoL | None,
+              shape: Shape) -> tuple[tuple[int, ...], list[LayerCut], Callable[[nn.Module], Any] | None]:
+    """What :meth:`SubnetEvaluator.score` needs to run ``shape`` as the supernet defines it: its
+    layers, its cuts, and the hooks of :func:`shape_hooks`."""
+    assert shape.layers is not None
+    cuts = plan_cuts(supernet.space, shape, supernet.orders)
+    return tuple(shape.layers), cuts, shape_hooks(supernet, family, smol, shape, cuts)

@@ -88,12 +88,15 @@ class FinetuneConfig:
 
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    max_minutes: float = field(default=0.0, metadata={"help": "wall-clock budget of the training loop (0 = none): "
+                                                              "training stops there as if its steps were done"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of adapters and gate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(default=8, metadata={"help": "sequences (decoders) or sentences (encoders) per step"})
     num_train: int = field(default=256, metadata={"help": "training sequences drawn from the calibration pool"})
     seq_len: int = field(default=0, metadata={"help": "tokens per sequence; 0 = the supernet's calibration seq_len"})
-    data: str | None = field(default=None, metadata={"help": "plain-text training file (paragraphs); default builtin corpus"})
+    data: str | None = field(default=None, metadata={"help": "training text: a builtin corpus name (stdlib-docs, english) or a "
+                                                             "text / JSON-lines file or folder; default the builtin corpus"})
     num_random: int = field(default=2, metadata={"help": "random shapes per step besides the largest and smallest (n)"})
     teacher: str = field(default="base", metadata={"help": f"one of {TEACHERS}: what the students distill from"})
     task_weight: float = field(default=0.0, metadata={"help": "decoders, teacher base: weight of the next-token loss "
@@ -130,6 +133,7 @@ class FinetuneConfig:
         _check_int("finetune", "patience", self.patience, 1, 1000)
         _check_float("finetune", "guard_tolerance", self.guard_tolerance, 0.0, 1e3)
         _check_int("finetune", "steps", self.steps, 0, 10_000_000)
+        _check_float("finetune", "max_minutes", self.max_minutes, 0.0, 1e6)
         _check_float("finetune", "lr", self.lr, 0.0, 10.0)
         _check_float("finetune", "weight_decay", self.weight_decay, 0.0, 10.0)
         _check_int("finetune", "batch_size", self.batch_size, 1, 4096)

@@ -130,11 +130,16 @@ def train_supernet(
         teacher = base_outputs(net, family, train_batches)
         smol.train()
         bar = _progress(config.steps, steps_done, mode, progress and rank == 0)
+        deadline = time.perf_counter() + 60.0 * config.max_minutes if config.max_minutes else None
+        timed_out = False
         try:
             for step in range(steps_done, config.steps):
                 if stop_after is not None and step >= stop_after:
                     break
                 if guard is not None and guard.stopped:
+                    break
+                if deadline is not None and _past(deadline, world):
+                    timed_out = True
                     break
                 b = batch_index(step * world + rank, len(train_batches), config.seed)
                 optimizer.zero_grad(set_to_none=True)
@@ -173,6 +178,8 @@ def train_supernet(
         if guard is not None:
             if guard.history[-1]["step"] != steps_done:  # a run stopped early was validated at its last step
                 guard.check(steps_done, smol)
+            if timed_out:
+                guard.notes.append(f"time budget of {config.max_minutes:g} min reached at step {steps_done} of {config.steps}")
             guard.restore(smol)
     leave_process_group(joined)
     train_seconds = time.perf_counter() - start
@@ -253,6 +260,18 @@ def all_reduce_gradients(smol: SMoL, world: int) -> None:
         p.grad /= world
 
 
+def _past(deadline: float, world: int) -> bool:
+    """Whether the time budget is spent; with several workers, rank 0's clock decides for all (same step count)."""
+    past = time.perf_counter() >= deadline
+    if world == 1:
+        return past
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if past else 0.0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def check_in_sync(smol: SMoL) -> None:
     """Every rank must hold the same adapters after training (else a rank skipped a reduction)."""
     import torch.distributed as dist
@@ -277,9 +296,12 @@ def training_data(model_path: Path, family: Any, supernet: Any, config: Finetune
 
     base = dict(supernet.build_config.get("calibration") or {})
     seq_len = config.seq_len or int(base.get("seq_len") or 128)
-    calib = CalibrationConfig(calib_text=config.data, num_calib=config.num_train + config.num_val, num_heldout=1,
+    from nas.supernet.data import KNOWN_CORPORA
+
+    text = {"corpus": config.data} if config.data in KNOWN_CORPORA else {"calib_text": config.data}
+    calib = CalibrationConfig(**text, num_calib=config.num_train + config.num_val, num_heldout=1,
                               seq_len=seq_len, batch_size=config.batch_size, seed=config.seed)
-    data = prepare_data(model_path, family, calib, vocab)
+    data = prepare_data(model_path, family, calib, vocab, text_option="--data")
     rows = {k: torch.cat([b[k] for b in data.calib]) for k in data.calib[0]}
     n = next(iter(rows.values())).shape[0]
     if n <= config.num_val:
@@ -332,17 +354,14 @@ def base_outputs(net: Any, family: Any, batches: list[Batch]) -> Callable[[int],
 
 def validation_losses(net: Any, family: Any, supernet: Any, smol: SMoL | None, batches: list[Batch]) -> dict[str, float]:
     """Validation loss (nll, or 1 - cosine to the base) of every eval shape with merged adapters; lower is better."""
-    from nas.cuts import plan_cuts
-    from nas.finetune.apply import shape_hooks
+    from nas.finetune.apply import subnet_of
     from nas.supernet.evaluate import SubnetEvaluator
 
     evaluator = SubnetEvaluator(net, family, supernet.space, batches)
     out: dict[str, float] = {}
     for name, shape in eval_shapes(supernet).items():
-        cuts = plan_cuts(supernet.space, shape, supernet.orders)
-        assert shape.layers is not None
-        out[name] = float(evaluator.score(tuple(shape.layers), cuts=cuts,
-                                          hooks=shape_hooks(supernet, family, smol, shape, cuts)).loss)
+        layers, cuts, hooks = subnet_of(supernet, family, smol, shape)
+        out[name] = float(evaluator.score(layers, cuts=cuts, hooks=hooks).loss)
     return out
 
 
@@ -430,18 +449,16 @@ def _describe(worse: list[str], losses: dict[str, float], base: dict[str, float]
 def evaluate_shapes(net: Any, family: Any, supernet: Any, smol: SMoL | None,
                     heldout: list[Batch]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """Held-out metrics of the largest, three middle and the smallest shape, with merged adapters."""
-    from nas.cuts import plan_cuts
-    from nas.finetune.apply import shape_hooks
+    from nas.finetune.apply import subnet_of
     from nas.supernet.evaluate import SubnetEvaluator
 
     evaluator = SubnetEvaluator(net, family, supernet.space, heldout)
     metrics: dict[str, dict[str, float]] = {}
     shapes: dict[str, dict[str, Any]] = {}
     for name, shape in eval_shapes(supernet).items():
-        cuts = plan_cuts(supernet.space, shape, supernet.orders)
-        hooks = shape_hooks(supernet, family, smol, shape, cuts)
+        layers, cuts, hooks = subnet_of(supernet, family, smol, shape)
+        metrics[name] = evaluator.score(layers, cuts=cuts, hooks=hooks).metrics
         assert shape.layers is not None
-        metrics[name] = evaluator.score(tuple(shape.layers), cuts=cuts, hooks=hooks).metrics
         shapes[name] = {"depth": len(shape.layers), "heads": shape.heads, "kv_heads": shape.kv_heads, "ffn": shape.ffn}
     return metrics, shapes
 

@@ -19,6 +19,7 @@ import torch
 from nas.errors import AnyshapeError
 from nas.families import ModelFamily
 from nas.supernet import data as corpus
+from nas.supernet.data import DEFAULT_CORPUS, KNOWN_CORPORA
 from nas.supernet.evaluate import Batch, iter_batches
 
 
@@ -26,8 +27,9 @@ from nas.supernet.evaluate import Batch, iter_batches
 class CalibrationConfig:
     """Which text, how much of it, and how it is cut."""
 
-    calib_text: str | None = field(default=None, metadata={"help": "plain-text file (paragraphs) instead of the builtin corpus"})
+    calib_text: str | None = field(default=None, metadata={"help": "text / JSON-lines file or directory instead of the builtin corpus"})
     calib_dataset: str | None = field(default=None, metadata={"help": "Hugging Face dataset NAME[:CONFIG] (needs network)"})
+    corpus: str = field(default=DEFAULT_CORPUS, metadata={"help": "builtin corpus used when no text or dataset is given"})
     num_calib: int = field(default=32, metadata={"help": "calibration sequences (decoders) or sentences (encoders)"})
     num_heldout: int = field(default=32, metadata={"help": "held-out sequences or sentences"})
     seq_len: int = field(default=128, metadata={"help": "tokens per sequence (decoders) or at most per sentence (encoders)"})
@@ -37,6 +39,10 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         if self.calib_text is not None and self.calib_dataset is not None:
             raise AnyshapeError("give --calib-text or --calib-dataset, not both")
+        if self.corpus not in KNOWN_CORPORA:
+            raise AnyshapeError(f"calibration corpus is {self.corpus!r}; known: {', '.join(KNOWN_CORPORA)}")
+        if self.corpus != DEFAULT_CORPUS and (self.calib_text is not None or self.calib_dataset is not None):
+            raise AnyshapeError("give --corpus or --calib-text / --calib-dataset, not both")
         for name, low, high in (("num_calib", 1, 100_000), ("num_heldout", 1, 100_000), ("seq_len", 8, 8192), ("batch_size", 1, 4096)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -48,7 +54,7 @@ class CalibrationConfig:
             return f"text:{Path(self.calib_text).name}"
         if self.calib_dataset is not None:
             return f"dataset:{self.calib_dataset}"
-        return corpus.DEFAULT_CORPUS
+        return self.corpus
 
 
 @dataclass
@@ -72,14 +78,19 @@ def load_tokenizer(model_path: Path) -> Any:
         ) from None
 
 
-def prepare_data(model_path: Path, family: ModelFamily, config: CalibrationConfig, vocab_size: int) -> CalibrationData:
-    """Tokenize the configured text into seeded, disjoint calibration and held-out batches."""
+def prepare_data(model_path: Path, family: ModelFamily, config: CalibrationConfig, vocab_size: int, *,
+                 text_option: str = "--calib-text") -> CalibrationData:
+    """Tokenize the configured text into seeded, disjoint calibration and held-out batches.
+
+    ``text_option`` is the command-line option ``config.calib_text`` came from (``--data`` when
+    fine-tuning), so that errors about that path name it.
+    """
     if config.calib_text is not None:
-        docs = corpus.load_text_file(config.calib_text)
+        docs = corpus.load_documents(config.calib_text, option=text_option)
     elif config.calib_dataset is not None:
         docs = corpus.load_hf_dataset(config.calib_dataset)
     else:
-        docs = corpus.load_corpus()
+        docs = corpus.load_corpus(config.corpus)
     calib_docs, heldout_docs = corpus.split_documents(docs)
     tokenizer = load_tokenizer(model_path)
     if family.kind == "decoder":
@@ -102,7 +113,7 @@ def prepare_data(model_path: Path, family: ModelFamily, config: CalibrationConfi
         "heldout_sha256": tokens_sha256(heldout),
     }
     if config.calib_text is not None:
-        record["calib_text_sha256"] = hashlib.sha256(Path(config.calib_text).read_bytes()).hexdigest()
+        record["calib_text_sha256"] = corpus.documents_sha256(config.calib_text)
     return CalibrationData(
         calib=list(iter_batches(calib, config.batch_size)),
         heldout=list(iter_batches(heldout, config.batch_size)),

