@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from nas.finetune.config import AdapterConfig, FinetuneConfig
 from nas.finetune.train import train_supernet
 from nas.supernet.build import BuildConfig, build_supernet
 from nas.supernet.calibration import CalibrationConfig
+from profilers.environment import cpu_slug
 
 SECTION = "## Supernet fine-tuning"
 SHAPES = ("largest", "mid-75", "mid-50", "mid-25", "smallest")
@@ -71,7 +71,7 @@ def run_model(spec: str, cells: list[str], steps: int, rank: int, batch_size: in
     build_supernet(spec, sn_dir, BuildConfig(heldout_scores=False, calibration=calibration), progress=False)
     result: dict[str, Any] = {"model": spec, "steps": steps, "rank": rank, "batch_size": batch_size, "seq_len": seq_len,
                               "num_calib": num_calib, "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
-                              "machine": platform.machine(), "build_s": round(time.perf_counter() - t, 1),
+                              "machine": cpu_slug(), "build_s": round(time.perf_counter() - t, 1),
                               "recipe": FinetuneConfig().to_dict(), "cells": {}}
     for name in cells:
         config = cell_config(CELLS[name], steps, rank, batch_size, seq_len, seed)
@@ -84,6 +84,14 @@ def run_model(spec: str, cells: list[str], steps: int, rank: int, batch_size: in
     return result
 
 
+def mean_gain(untrained: dict[str, Any], trained: dict[str, Any], metric: str, decoder: bool) -> float:
+    """Over the shapes but the largest: decoders' mean relative perplexity reduction, encoders' mean cosine gain."""
+    smaller = [s for s in SHAPES if s != "largest"]
+    if decoder:
+        return sum(1 - trained[s][metric] / untrained[s][metric] for s in smaller) / len(smaller)
+    return sum(trained[s][metric] - untrained[s][metric] for s in smaller) / len(smaller)
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [SECTION, "",
              "    .venv/bin/python benchmarks/finetune_ablation.py --models MODEL --steps N --threads 1 --json FILE   # one per model",
@@ -91,13 +99,16 @@ def markdown(results: list[dict[str, Any]]) -> str:
              "Each cell trains the same supernet for the same steps (batch 8, the builtin corpus's calibration pool: "
              "256 training rows and 32 validation rows, seed 0) and is scored on the supernet's held-out pool (disjoint "
              "documents). Every step trains the largest, the smallest and 2 random shapes (sandwich rule). The recipe: "
-             "SMoL (K = 5 experts, rank 8, top-2, shape-only gate, gate noise in training only), every shape distilled "
-             "from the frozen base model (`teacher: base`), loss-magnitude balancing to the largest (AmoebaLLM's rule: "
-             "the largest's next-token loss on decoders, its loss to the base on encoders), AdamW lr 1e-3, and the guard "
-             "(validation every tenth of the run; the best state with no shape worse than untrained is kept, training "
-             "stops after 2 harmful validations in a row). `in-place, no guard` is AmoebaLLM's in-place distillation "
-             "as it ran before (the largest on the task loss, the students on its outputs); every other cell changes "
-             "one part of the recipe. Bold: the best of the row; `worse`: shapes below untrained.", ""]
+             "SMoL (K = 5 experts, rank 8, top-2, shape-only gate, gate noise in training only, routing amplitude "
+             "1 - params/params_full so the full shape is the base exactly), every shape distilled from the frozen base "
+             "model (`teacher: base`), loss-magnitude balancing to the largest (AmoebaLLM's rule: the largest's "
+             "next-token loss on decoders; on encoders the largest is the base, its loss is 0 and the rule does "
+             "nothing, so `balance none` equals the recipe there), AdamW lr 1e-3, and the guard (validation every "
+             "tenth of the run; the best state with no shape worse than untrained is kept, training stops after 2 "
+             "harmful validations in a row). `in-place, no guard` is AmoebaLLM's in-place distillation as it ran "
+             "before (the largest on the task loss and trained like the others, the students on its outputs); every "
+             "other cell changes one part of the recipe. Bold: the best of the row; `worse`: shapes below untrained. "
+             "Wall times are of two such runs side by side on 2 cores: compare them within a table only.", ""]
     for r in results:
         cells = r["cells"]
         names = [n for n in CELLS if n in cells]
@@ -120,6 +131,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
             sign = 1 if decoder else -1
             worse = [sum(sign * (cells[n]["heldout"][s][metric] - base["heldout"][s][metric]) > 1e-9 for s in SHAPES) for n in names]
             lines.append("| worse than untrained | | " + " | ".join(map(str, worse)) + " |")
+        if base is not None:
+            label = "mean perplexity reduction, 4 smaller shapes" if decoder else "mean cosine gain, 4 smaller shapes"
+            gains = [mean_gain(base["heldout"], cells[n]["heldout"], metric, decoder) for n in names]
+            lines.append(f"| {label} | | " + " | ".join(f"{g:+.1%}" if decoder else f"{g:+.4f}" for g in gains) + " |")
         lines.append("| steps run / kept | | " + " | ".join(
             f"{cells[n]['steps_done']} / {cells[n]['guard'].get('kept_step', cells[n]['steps_done'])}" for n in names) + " |")
         lines.append("| wall time (load, data, training) | | " + " | ".join(f"{cells[n]['train_s']} s" for n in names) + " |")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from nas.supernet.build import BuildConfig, build_supernet
 from nas.supernet.calibration import CalibrationConfig, prepare_data
 from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.judged import JUDGED_SETS, judged_sets
+from profilers.environment import cpu_slug
 
 SECTION = "## MiniLM supernet quality"
 
@@ -91,15 +91,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tasks = judged_sets()
     t = time.perf_counter()
     sn_dir = work / "minilm-supernet"
-    build_supernet("minilm", sn_dir, BuildConfig(), progress=False)
+    if not (sn_dir / "supernet.json").is_file():  # a --work folder keeps it between runs
+        build_supernet("minilm", sn_dir, BuildConfig(), progress=False)
     build_s = time.perf_counter() - t
     adapter = AdapterConfig(rank=args.rank)
     config = FinetuneConfig(adapter=adapter, steps=args.steps, max_minutes=args.minutes, lr=args.lr, batch_size=args.batch_size,
                             num_train=args.num_train, data=args.data, eval_every=args.eval_every, checkpoint_every=0,
                             seed=args.seed)
-    trained = train_supernet(sn_dir, work / "minilm-trained", config, progress=True)
-    result: dict[str, Any] = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
-                              "processor": platform.processor(), "threads": torch.get_num_threads(), "build_s": round(build_s, 1),
+    trained = train_supernet(sn_dir, work / "minilm-trained", config, overwrite=True, progress=True)
+    result: dict[str, Any] = {"date": datetime.date.today().isoformat(), "machine": cpu_slug(), "threads": torch.get_num_threads(), "build_s": round(build_s, 1),
                               "train_s": round(trained.seconds, 1), "steps": trained.steps, "config": config.to_dict(),
                               "notes": trained.notes, "kept_step": trained.guard.get("kept_step"), "device": args.device,
                               "runtime": args.runtime, "budget_fraction": args.fraction, "trials": args.trials, "runs": {}}
@@ -121,7 +121,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [SECTION, "",
              "    .venv/bin/python benchmarks/minilm_quality.py --minutes M --data english --json FILE",
              "    .venv/bin/python benchmarks/minilm_quality.py --report FILE --write-docs", "",
-             f"{r['date']}, {r.get('processor') or r['machine']}, {r['threads']} threads. Training: the recipe (SMoL K=5 rank "
+             f"{r['date']}, {r['machine']}, {r['threads']} threads. Training: the recipe (SMoL K=5 rank "
              f"{c['adapter']['rank']}, distilled from the base, guard), {r['steps']} steps in {r['train_s']} s (budget "
              f"{c['max_minutes']:g} min), batch {c['batch_size']}, lr {c['lr']:g}, {c['num_train']} training sentences of "
              f"`{c['data'] or 'stdlib-docs'}`; kept step {r['kept_step']}. Cosine: held-out pool of the builtin corpus. Judged sets "
@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=None, help="keep the supernets here (minilm-supernet/, minilm-trained/)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=None)
     parser.add_argument("--write-docs", action="store_true")
@@ -168,8 +169,12 @@ def main() -> None:
     if args.report is not None:
         result = json.loads(args.report.read_text())
     else:
-        with tempfile.TemporaryDirectory(prefix="anyshape-minilm-") as work:
-            result = run(args, Path(work))
+        if args.work is not None:
+            args.work.mkdir(parents=True, exist_ok=True)
+            result = run(args, args.work)
+        else:
+            with tempfile.TemporaryDirectory(prefix="anyshape-minilm-") as work:
+                result = run(args, Path(work))
         if args.json:
             args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     text = markdown(result)
