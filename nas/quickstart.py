@@ -1,6 +1,8 @@
 """``anyshape quickstart``: the whole pipeline on the embedded default model (MiniLM), on this CPU.
 
-    1. supernet   calibrate MiniLM once (reused while the base weights and settings match)
+    1. supernet   the trained MiniLM supernet shipped in ``nas/assets/minilm-supernet`` (fine-tuned by
+                  ``scripts/ship_minilm_supernet.py``, numbers in docs/BENCHMARKS.md); for another model, or
+                  base weights that differ, calibrate one (reused while the base weights match)
     2. table      the committed CPU table for this machine; on a CPU kind with none, the other CPUs'
                   tables (the best of them is chosen by step 3), or a quick profile when none loads
     3. calibrate  time 10 whole-model shapes here and now and correct the table's predictor to
@@ -8,6 +10,8 @@
     4. search     NSGA-II over depth x FFN width, under a latency budget
     5. export     the feasible Pareto front as subnet configs, CSV and plot
     6. verify     extract the most accurate shape under the budget, measure it here
+    7. tasks      the best shape's scores on human-judged sets (:mod:`nas.supernet.judged`) beside the base
+                  model's (encoders; skipped, and said so, when the sets cannot be fetched)
 
 Everything is written under ``studies/quickstart/``; a new run replaces the previous study.
 """
@@ -53,6 +57,10 @@ class QuickstartResult:
     measured_latency_ms_table_speed: float | None = None
     #: This machine's calibration of the predictor (``WorkloadCalibration.summary``: K, errors before and after).
     calibration: dict[str, Any] | None = None
+    #: Whether the supernet searched is fine-tuned (its shapes carry merged adapters).
+    trained: bool = False
+    #: Human-judged set -> {"metric", "best", "base"}: the best shape's score beside the base model's.
+    task_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
@@ -152,6 +160,9 @@ def run_quickstart(
     _, family = load_model(source)
     full_measured = measure_latency(source, family, full, workload, runtime, "cpu", live_protocol())
     seconds["verify"] = time.perf_counter() - t
+    t = time.perf_counter()
+    task_scores = _task_scores(supernet_dir, family.kind, supernet.resolve_shape(result.shape), say)
+    seconds["tasks"] = time.perf_counter() - t
     return QuickstartResult(
         out=out, device=device, runtime=runtime, workload=workload.name, budget_ms=budget_ms, supernet=supernet_dir,
         table=predictor.label, table_source=predictor.source, predictor=predictor.chosen, trials=trials,
@@ -159,25 +170,70 @@ def run_quickstart(
         best_accuracy=result.measured_accuracy, predicted_latency_ms=float(best.values[1]),
         measured_latency_ms=result.measured_latency_ms, full_latency_ms=full_measured.latency_ms_p50, seconds=seconds,
         measured_latency_ms_table_speed=result.measured_latency_ms_table_speed, calibration=summary,
+        trained=supernet.adapters is not None, task_scores=task_scores,
     )  # fmt: skip
 
 
+#: model alias -> the trained supernet shipped for it.
+SHIPPED_SUPERNETS = {"minilm": Path(__file__).resolve().parent / "assets" / "minilm-supernet"}
+
+
 def _supernet(model: str, path: Path, say: Callable[[str], None]) -> Path:
-    """Reuse ``path`` when it is a supernet of these base weights, else build it."""
+    """The shipped trained supernet of ``model`` (copied to ``path``), else ``path`` when it is a supernet
+    of these base weights, else a newly built one."""
+    from nas._io import atomic_directory
     from nas.hub import resolve_model, weights_sha256
     from nas.supernet.artifact import Supernet
     from nas.supernet.build import build_supernet
 
-    if (path / "supernet.json").is_file():
+    sha = weights_sha256(resolve_model(model).path)
+
+    def matches(directory: Path) -> Supernet | None:
         try:
-            if Supernet.load(path).base_sha256 == weights_sha256(resolve_model(model).path):
-                say(f"supernet: reusing {path}")
-                return path
+            supernet = Supernet.load(directory) if (directory / "supernet.json").is_file() else None
         except AnyshapeError:
-            pass
-    say(f"supernet: calibrating {model} (depth DP and width orders)")
+            return None
+        return supernet if supernet is not None and supernet.base_sha256 == sha else None
+
+    shipped = SHIPPED_SUPERNETS.get(model)
+    existing = matches(path)
+    if shipped is not None and (candidate := matches(shipped)) is not None:
+        if existing is not None and existing.sha256() == candidate.sha256():
+            say(f"supernet: reusing {path} (the shipped fine-tuned supernet)")
+            return path
+        with atomic_directory(path, overwrite=True) as tmp:
+            for file in shipped.iterdir():
+                if file.is_file() and file.name != "README.md":
+                    shutil.copy2(file, tmp / file.name)
+        say(f"supernet: the shipped fine-tuned supernet ({shipped.name}, see its README) copied to {path}")
+        return path
+    if existing is not None:
+        say(f"supernet: reusing {path}")
+        return path
+    say(f"supernet: calibrating {model} (depth DP and width orders; not fine-tuned: see anyshape supernet train)")
     build_supernet(model, path, overwrite=True, progress=True)
     return path
+
+
+def _task_scores(supernet_dir: Path, kind: str, shape: Any, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """The best shape's scores on the human-judged sets beside the base model's (encoders only)."""
+    from nas.search.factory import ShapeTaskScores
+    from nas.supernet.judged import judged_sets
+    from nas.supernet.tasks import load_task
+
+    if kind != "encoder":
+        return {}
+    try:
+        specs = judged_sets(say=say)
+    except AnyshapeError as e:
+        say(f"task scores skipped: {e}")
+        return {}
+    scorer = ShapeTaskScores(supernet_dir, specs)
+    best, base = scorer(shape), scorer.base()
+    scores = {name: {"metric": load_task(spec).metric, "best": best[name], "base": base[name]} for name, spec in specs.items()}
+    say("task scores of the best shape (base model): " + ", ".join(
+        f"{name} {v['best']:.3f} ({v['base']:.3f})" for name, v in scores.items()))
+    return scores
 
 
 def _table(model: str, device: str, runtime: str, tables: Path, out: Path, say: Callable[[str], None]) -> tuple[Path, str, str]:

@@ -111,16 +111,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=40)
+    parser.add_argument("--corpus", nargs="+", default=["stdlib-docs"], help="training corpora (the first one's held-out "
+                        "pool is the headline perplexity); english: anyshape corpus build")
+    parser.add_argument("--tokenizer-docs", type=int, default=40_000, help="documents the tokenizer is trained on (the first N)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
 
-    calib, heldout = split_documents(load_corpus())
-    tokenizer = train_tokenizer([d.text for d in calib], args.vocab_size)
+    calib: list[Any] = []
+    heldout: dict[str, list[Any]] = {}
+    per_corpus: dict[str, dict[str, Any]] = {}
+    for name in args.corpus:  # each corpus split on its own: the default calibration split of every one is never trained on
+        c, h = split_documents(load_corpus(name))
+        calib += c
+        heldout[name] = h
+        per_corpus[name] = {"train_documents": len(c), "heldout_documents": len(h)}
+    tokenizer = train_tokenizer([d.text for d in calib][: args.tokenizer_docs], args.vocab_size)
     train_ids = token_stream(tokenizer, [d.text for d in calib])
-    heldout_ids = token_stream(tokenizer, [d.text for d in heldout])
-    print(json.dumps({"train_tokens": len(train_ids), "heldout_tokens": len(heldout_ids)}), flush=True)
+    heldout_ids = {name: token_stream(tokenizer, [d.text for d in docs]) for name, docs in heldout.items()}
+    print(json.dumps({"train_tokens": len(train_ids), "heldout_tokens": {k: len(v) for k, v in heldout_ids.items()}}), flush=True)
+    main_heldout = heldout_ids[args.corpus[0]]
 
     model = build_model(len(tokenizer), tokenizer, args.seed)
     model.train()
@@ -148,12 +159,16 @@ def main() -> None:
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             point = {"step": step + 1, "train_loss": round(running / seen, 4), "minutes": round((time.perf_counter() - start) / 60, 2)}
             if (step + 1) % (args.log_every * 4) == 0 or step + 1 == args.steps:
-                point["heldout_loss"] = round(heldout_nll(model, heldout_ids, args.seq_len, 64)[0], 4)
+                point["heldout_loss"] = round(heldout_nll(model, main_heldout, args.seq_len, 64)[0], 4)
             curve.append(point)
             print(json.dumps(point), flush=True)
             running, seen = 0.0, 0
 
-    nll, tokens = heldout_nll(model, heldout_ids, args.seq_len, 10_000)
+    nll, tokens = heldout_nll(model, main_heldout, args.seq_len, 10_000)
+    for name, ids in heldout_ids.items():
+        corpus_nll, corpus_tokens = heldout_nll(model, ids, args.seq_len, 10_000)
+        per_corpus[name].update(heldout_nll=round(corpus_nll, 4), heldout_perplexity=round(math.exp(corpus_nll), 2),
+                                heldout_tokens_evaluated=corpus_tokens)
     minutes = (time.perf_counter() - start) / 60
     args.out.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -166,22 +181,27 @@ def main() -> None:
         "heldout_tokens_evaluated": tokens,
         "heldout_nll": round(nll, 4),
         "heldout_perplexity": round(math.exp(nll), 2),
+        "corpora": per_corpus,
         "minutes": round(minutes, 1),
         "torch": torch.__version__,
         "curve": curve,
     }
     (args.out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "README.md").write_text(model_card(report, len(calib), len(heldout)))
+    (args.out / "README.md").write_text(model_card(report))
     print(json.dumps({k: v for k, v in report.items() if k != "curve"}), flush=True)
 
 
-def model_card(report: dict[str, Any], n_calib: int, n_heldout: int) -> str:
+def model_card(report: dict[str, Any]) -> str:
     a = report["args"]
     rows = "\n".join(
         f"| {p['step']} | {p['train_loss']:.3f} | {p.get('heldout_loss', float('nan')):.3f} | {p['minutes']:.1f} |"
         for p in report["curve"]
     )
     rows = rows.replace("| nan |", "| |")
+    corpora = report.get("corpora") or {}
+    data = "; ".join(f"`{name}` {c['train_documents']} training / {c['heldout_documents']} held-out documents"
+                     + (f", held-out perplexity {c['heldout_perplexity']}" if "heldout_perplexity" in c else "")
+                     for name, c in corpora.items())
     return f"""# ref-llama-12l: anyshape's reference decoder
 
 A small **LlamaForCausalLM** trained from scratch by `scripts/train_reference_decoder.py`, so
@@ -192,11 +212,9 @@ pretrained one. Builtin alias: `ref-decoder`. It is a test article, not a useful
   RoPE, tied embeddings; {report['parameters']:,} parameters, stored fp32 (safetensors).
 - Tokenizer: byte-level BPE, vocabulary {a['vocab_size']}, trained with `tokenizers` on the same
   training text; saved as a stock `PreTrainedTokenizerFast` (`<|endoftext|>` = BOS/EOS, `<pad>`).
-- Data: the builtin offline corpus `stdlib-docs` (`nas/data/`, docstrings and language-reference
-  topics of the Python {report.get('python', '3.11')} standard library, Copyright Python Software Foundation,
-  PSF License). Documents are split by `nas.supernet.data.split_documents` (split seed 0):
-  {n_calib} calibration/training documents ({report['train_tokens']:,} tokens), {n_heldout} held-out
-  documents never trained on.
+- Data: the builtin corpora {', '.join(f'`{c}`' for c in a.get('corpus', ['stdlib-docs']))} (sources and licences:
+  `nas/data/README.md`), each split by `nas.supernet.data.split_documents` (split seed 0) into
+  training and held-out documents never trained on: {data}; {report['train_tokens']:,} training tokens.
 - Training: {a['steps']} steps of {a['batch']} random windows of {a['seq_len']} tokens
   ({a['steps'] * a['batch'] * a['seq_len']:,} tokens seen), AdamW (betas 0.9/0.95, weight decay 0.1),
   peak lr {a['lr']} with {a['warmup']} warm-up steps and cosine decay to 10%, grad clip 1.0, seed {a['seed']},

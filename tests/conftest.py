@@ -106,3 +106,21 @@ def _user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     path = tmp_path_factory.mktemp("user-cache")
     monkeypatch.setenv("ANYSHAPE_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def gensim_wheel(_user_cache: Path) -> Path:
+    """A stand-in for gensim's wheel holding the three human-judged sets (12 rows each) of nas.supernet.judged,
+    in this test's per-user package cache (where nas.supernet.judged looks before it would download one)."""
+    import zipfile
+
+    folder = _user_cache / "corpora" / "packages"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "gensim-4.3.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    pairs = "# header\n# Word 1\tWord 2\tHuman (mean)\n" + "".join(f"w{i}\tv{i}\t{i / 2}\n" for i in range(12))
+    polarity = "".join(f"__label__{'pos' if i % 2 else 'neg'} sentence {i} caf\u00e9 .\n" for i in range(12))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("gensim/test/test_data/simlex999.txt", pairs)
+        z.writestr("gensim/test/test_data/wordsim353.tsv", pairs)
+        z.writestr("gensim/test/test_data/pang_lee_polarity.cor", polarity.encode("cp1252"))
+    return path

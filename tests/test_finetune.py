@@ -431,3 +431,24 @@ def test_a_time_budget_stops_training_and_says_so(supernet_of: Callable[[str], P
     assert 0 < result.steps < 50 and result.out is not None
     assert any(n.startswith("time budget of 1 min reached at step") for n in result.notes)
     assert result.guard["validations"][-1]["step"] == result.steps
+
+
+def test_training_text_from_a_folder_or_a_corpus_name(supernet_of: Callable[[str], Path], tmp_path: Path) -> None:
+    """--data takes a folder of text / JSON-lines files or a builtin corpus name; a bad one is a one-line error naming --data."""
+    import json
+
+    from nas.supernet.data import load_corpus
+
+    texts = [d.text for d in load_corpus()[:400]]
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("\n\n".join(texts[:200]))
+    (folder / "sub" / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts[200:]))
+    result = train_supernet(supernet_of("llama"), tmp_path / "t", FinetuneConfig(**{**QUICK, "data": str(folder)}), progress=False)  # type: ignore[arg-type]
+    data = Supernet.load(tmp_path / "t").adapters["data"]  # type: ignore[index]
+    assert result.steps == QUICK["steps"] and data["corpus"] == "text:texts"
+    named = train_supernet(supernet_of("llama"), tmp_path / "n", FinetuneConfig(**{**QUICK, "data": "stdlib-docs"}), progress=False)  # type: ignore[arg-type]
+    assert named.steps == QUICK["steps"]
+    with pytest.raises(AnyshapeError, match="--data") as err:
+        train_supernet(supernet_of("llama"), tmp_path / "x", FinetuneConfig(**{**QUICK, "data": str(tmp_path / "none")}), progress=False)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)

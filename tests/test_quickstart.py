@@ -9,7 +9,7 @@ from nas.quickstart import run_quickstart
 
 
 @pytest.mark.slow
-def test_quickstart_end_to_end(tmp_path):
+def test_quickstart_end_to_end(tmp_path, gensim_wheel):
     lines: list[str] = []
     result = run_quickstart(tmp_path / "qs", trials=6, calibration_shapes=4, say=lines.append)
     assert result.pareto_configs >= 1 and result.best_config.is_file()
@@ -22,6 +22,12 @@ def test_quickstart_end_to_end(tmp_path):
     # it calibrated to this machine before searching, and verify compared the raw measurement with that prediction
     assert result.calibration is not None and result.calibration["k"] == 4
     assert latency["calibrated"] is True and latency["measured_protocol"].startswith("live")
+    # the best shape's human-judged scores are printed beside the base model's
+    assert set(result.task_scores) == {"simlex-999", "wordsim-353", "polarity-200"}
+    assert all(-1 <= v["best"] <= 1 and -1 <= v["base"] <= 1 for v in result.task_scores.values())
+    from nas.quickstart import SHIPPED_SUPERNETS
+
+    assert result.trained == (SHIPPED_SUPERNETS["minilm"] / "adapters.safetensors").is_file()
     # a second run reuses the supernet and replaces the study
     again = run_quickstart(tmp_path / "qs", trials=4, calibration_shapes=3, say=lines.append)
     assert again.trials == 4 and any("reusing" in line for line in lines)

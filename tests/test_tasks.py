@@ -176,29 +176,15 @@ def test_bad_metrics_are_one_line_errors(capsys, encoder_setup, metric, needle):
     assert code == 1 and len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err, err
 
 
-def fake_gensim_wheel(folder):
-    import zipfile
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "gensim-4.3.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
-    pairs = "# header\n# Word 1\tWord 2\tHuman (mean)\n" + "".join(f"w{i}\tv{i}\t{i / 2}\n" for i in range(12))
-    polarity = "".join(f"__label__{'pos' if i % 2 else 'neg'} sentence {i} caf\u00e9 .\n" for i in range(12))
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("gensim/test/test_data/simlex999.txt", pairs)
-        z.writestr("gensim/test/test_data/wordsim353.tsv", pairs)
-        z.writestr("gensim/test/test_data/pang_lee_polarity.cor", polarity.encode("cp1252"))
-    return path
-
-
-def test_judged_sets_are_read_from_the_wheel_once(tmp_path):
+def test_judged_sets_are_read_from_the_wheel_once(gensim_wheel, tmp_path):
     from nas.supernet.judged import judged_sets
 
-    specs = judged_sets([fake_gensim_wheel(tmp_path / "pkgs").parent], fetch=False)
+    specs = judged_sets(fetch=False)
     assert set(specs) == {"simlex-999", "wordsim-353", "polarity-200"}
     simlex, polarity = load_task(specs["simlex-999"]), load_task(specs["polarity-200"])
     assert isinstance(simlex, PairsTask) and simlex.pairs[3] == ("w3", "v3", 1.5)
     assert isinstance(polarity, LabelsTask) and polarity.examples[1] == ("pos", "sentence 1 café .")
-    (tmp_path / "pkgs").rename(tmp_path / "gone")
+    gensim_wheel.unlink()
     assert judged_sets(fetch=False) == specs  # converted files are reused: the wheel is not needed again
 
 

@@ -38,6 +38,15 @@ def quickstart_command(
         f"{result.speedup:.2f}x",
     )
     Console().print(table)
+    if result.task_scores:
+        tasks = Table(title="human-judged sets: the best shape beside the base model")
+        for column in ("set", "metric", "base model", "best shape", "share of base"):
+            tasks.add_column(column)
+        for name, v in result.task_scores.items():
+            tasks.add_row(name, v["metric"], f"{v['base']:.4f}", f"{v['best']:.4f}", f"{v['best'] / v['base']:.0%}" if v["base"] else "-")
+        Console().print(tasks)
+    if not result.trained:
+        Console().print("the supernet is not fine-tuned: anyshape supernet train SUPERNET --out DIR makes every shape better")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     if result.calibration is not None:
         c = result.calibration
