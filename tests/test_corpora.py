@@ -16,7 +16,7 @@ import pytest
 from nas.errors import AnyshapeError
 from nas.supernet import corpora
 from nas.supernet.corpora import Source, build_corpus, chapter, clean_gcide, pack
-from nas.supernet.data import Document, documents_sha256, load_corpus, load_documents, load_text_file
+from nas.supernet.data import Document, documents_sha256, load_corpus, load_documents
 
 PROSE = "The quick brown fox jumps over the lazy dog, and then it runs far away into the woods. " * 4
 
@@ -25,7 +25,6 @@ PROSE = "The quick brown fox jumps over the lazy dog, and then it runs far away 
 def test_text_jsonl_and_compressed_jsonl(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("first paragraph\nstill first\n\nsecond one\n\n\nthird")
     assert [d.text for d in load_documents(tmp_path / "a.txt")] == ["first paragraph\nstill first", "second one", "third"]
-    assert load_text_file(tmp_path / "a.txt") == load_documents(tmp_path / "a.txt")  # the old name still works
     lines = [json.dumps({"source": "s", "text": "one"}), "", json.dumps({"text": " two "})]
     (tmp_path / "b.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "c.jsonl.xz").write_bytes(lzma.compress(("\n".join(lines) + "\n").encode()))

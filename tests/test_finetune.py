@@ -452,3 +452,39 @@ def test_training_text_from_a_folder_or_a_corpus_name(supernet_of: Callable[[str
     with pytest.raises(AnyshapeError, match="--data") as err:
         train_supernet(supernet_of("llama"), tmp_path / "x", FinetuneConfig(**{**QUICK, "data": str(tmp_path / "none")}), progress=False)  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
+
+
+def test_guard_tasks_gate_harm_with_their_own_tolerance() -> None:
+    """A guard task's score (stored as minus the score) may fall by guard_task_tolerance; more is harm, said as a score."""
+    from nas.finetune.train import TASK_KEY, Guard
+
+    smol = torch.nn.Linear(2, 2)
+    key = f"{TASK_KEY}pairs:p.tsv mid-50"
+    scores = iter([{"a": 1.0, key: -0.50},   # untrained: score 0.50
+                   {"a": 0.9, key: -0.495},  # score 0.495: within 0.01, harmless, kept
+                   {"a": 0.5, key: -0.40}])  # score 0.40: harmful however good a is
+    guard = Guard(lambda: next(scores), FinetuneConfig(patience=1, guard_tolerance=0.0, guard_task_tolerance=0.01))
+    guard.start(smol)  # type: ignore[arg-type]
+    guard.check(10, smol)  # type: ignore[arg-type]
+    guard.check(20, smol)  # type: ignore[arg-type]
+    assert guard.kept_step == 10 and guard.stopped
+    assert "pairs:p.tsv mid-50 score (0.5000 -> 0.4000)" in guard.notes[0]
+
+
+def test_guard_tasks_are_validated_during_training(supernet_of: Callable[[str], Path], tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    words = "the of and to a in is that for it as with was on be by this are or from".split()
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{' '.join(rng.sample(words, 3))}\t{' '.join(rng.sample(words, 3))}\t{rng.random():.3f}\n"
+                             for _ in range(12)))
+    config = FinetuneConfig(**{**QUICK, "guard": True, "eval_every": 2, "guard_tasks": [f"pairs:{pairs}"]})  # type: ignore[arg-type]
+    assert config.guard_tasks == (f"pairs:{pairs}",) and FinetuneConfig.from_dict(config.to_dict()) == config
+    result = train_supernet(supernet_of("bert"), tmp_path / "t", config, progress=False)
+    keys = set(result.guard["validations"][0]["loss"])
+    assert {"largest", "smallest", "task:pairs:pairs.tsv largest", "task:pairs:pairs.tsv smallest"} <= keys
+    with pytest.raises(AnyshapeError, match="decoder"):
+        train_supernet(supernet_of("llama"), tmp_path / "d", config, progress=False)
+    with pytest.raises(AnyshapeError, match="need the guard"):
+        FinetuneConfig(guard=False, guard_tasks=(f"pairs:{pairs}",))

@@ -156,14 +156,14 @@ def test_builtin_corpus_split_is_disjoint_and_fixed() -> None:
 def test_calib_text_file_and_missing_dataset_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
-    from nas.supernet.data import load_hf_dataset, load_text_file
+    from nas.supernet.data import load_documents, load_hf_dataset
 
     path = tmp_path / "t.txt"
     path.write_text("first paragraph\nstill first\n\nsecond one\n\n\nthird")
-    docs = load_text_file(path)
+    docs = load_documents(path)
     assert [d.text for d in docs] == ["first paragraph\nstill first", "second one", "third"]
     with pytest.raises(AnyshapeError, match="does not exist"):
-        load_text_file(tmp_path / "missing.txt")
+        load_documents(tmp_path / "missing.txt")
     real_import = builtins.__import__
 
     def no_datasets(name: str, *args: object, **kwargs: object) -> object:

@@ -86,6 +86,9 @@ def train_command(
     mlfs: bool = typer.Option(False, "--mlfs", help="MLFS gradient scaling of small subnets."),
     no_guard: bool = typer.Option(False, "--no-guard", help="Keep the last state even where a shape got worse than untrained."),
     num_val: int = typer.Option(32, "--num-val", help="Guard: validation sequences / sentences (never trained on)."),
+    guard_task: list[str] = typer.Option([], "--guard-task", help="Encoders: the guard also keeps every eval shape's score on "
+                                                                  "this task (pairs:FILE | labels:FILE | judged: the human-judged "
+                                                                  "sets) from falling; repeatable."),
     eval_every: int = typer.Option(0, "--eval-every", help="Guard: steps between validations (0: a tenth of --steps, >= 10)."),
     seed: int = typer.Option(0, "--seed", help="Seed of init, data order, shape sampling and gate noise."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between checkpoints (0: none)."),
@@ -108,7 +111,7 @@ def train_command(
         adapter=adapter_config, steps=steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
         data=data, num_random=num_random, teacher=teacher, task_weight=task_weight,
         balance=balance, grad_scale="mlfs" if mlfs else "none", seed=seed, checkpoint_every=checkpoint_every,
-        guard=not no_guard, num_val=num_val, eval_every=eval_every,
+        guard=not no_guard, num_val=num_val, eval_every=eval_every, guard_tasks=guard_task_specs(guard_task),
     )
     result = train_supernet(supernet, out, config, model=model, resume=resume, checkpoint_dir=checkpoint_dir,
                             overwrite=overwrite, progress=not no_progress)
@@ -124,3 +127,16 @@ def train_command(
     for name, metrics in result.heldout.items():
         values = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         typer.echo(f"  {name:>8} {result.shapes[name]}: {values}")
+
+
+def guard_task_specs(values: list[str]) -> tuple[str, ...]:
+    """``--guard-task`` values; ``judged`` stands for the human-judged sets of :mod:`nas.supernet.judged`."""
+    specs: list[str] = []
+    for value in values:
+        if value == "judged":
+            from nas.supernet.judged import judged_sets
+
+            specs += judged_sets().values()
+        else:
+            specs.append(value)
+    return tuple(specs)

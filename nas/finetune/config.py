@@ -115,6 +115,10 @@ class FinetuneConfig:
     patience: int = field(default=2, metadata={"help": "guard: stop after this many validations in a row with a worse shape"})
     guard_tolerance: float = field(default=1e-3, metadata={"help": "guard: a shape is worse when its validation loss (nll, "
                                                                    "or 1 - cosine) rises by more than this"})
+    guard_tasks: tuple[str, ...] = field(default=(), metadata={"help": "encoders: task files (pairs:FILE, labels:FILE) the guard "
+                                                                       "also validates every eval shape on"})
+    guard_task_tolerance: float = field(default=0.01, metadata={"help": "guard: a shape is worse when a task score falls "
+                                                                        "by more than this"})
 
     def __post_init__(self) -> None:
         if isinstance(self.adapter, Mapping):
@@ -132,6 +136,12 @@ class FinetuneConfig:
         _check_int("finetune", "eval_every", self.eval_every, 0, 10_000_000)
         _check_int("finetune", "patience", self.patience, 1, 1000)
         _check_float("finetune", "guard_tolerance", self.guard_tolerance, 0.0, 1e3)
+        _check_float("finetune", "guard_task_tolerance", self.guard_task_tolerance, 0.0, 2.0)
+        if isinstance(self.guard_tasks, str) or not all(isinstance(t, str) for t in self.guard_tasks):
+            raise AnyshapeError(f"finetune guard_tasks is {self.guard_tasks!r}; give a list of pairs:FILE / labels:FILE")
+        object.__setattr__(self, "guard_tasks", tuple(self.guard_tasks))
+        if self.guard_tasks and not self.guard:
+            raise AnyshapeError("guard tasks need the guard; drop --no-guard or the --guard-task options")
         _check_int("finetune", "steps", self.steps, 0, 10_000_000)
         _check_float("finetune", "max_minutes", self.max_minutes, 0.0, 1e6)
         _check_float("finetune", "lr", self.lr, 0.0, 10.0)

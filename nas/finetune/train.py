@@ -119,7 +119,8 @@ def train_supernet(
         assert out is not None
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(Path(out))
         if config.guard:
-            guard = Guard(lambda: validation_losses(net, family, supernet, smol, val_batches), config)
+            tasks = guard_tasks(net, family, supernet, source.path, config)
+            guard = Guard(lambda: validation_losses(net, family, supernet, smol, val_batches, tasks), config)
         if resume:
             steps_done, losses = load_checkpoint(ckpt, config, supernet.sha256(), smol, optimizer, sampler, noise, guard)
         elif (ckpt / STATE_FILE).exists():
@@ -352,8 +353,30 @@ def base_outputs(net: Any, family: Any, batches: list[Batch]) -> Callable[[int],
     return output
 
 
-def validation_losses(net: Any, family: Any, supernet: Any, smol: SMoL | None, batches: list[Batch]) -> dict[str, float]:
-    """Validation loss (nll, or 1 - cosine to the base) of every eval shape with merged adapters; lower is better."""
+#: Guard entries of task scores are keyed ``TASK_KEY + task name + " " + shape`` and hold minus the score.
+TASK_KEY = "task:"
+
+
+def guard_tasks(net: Any, family: Any, supernet: Any, model_path: Path, config: FinetuneConfig) -> dict[str, Any]:
+    """The guard's task evaluators (``--guard-task``), by task name; encoders only."""
+    if not config.guard_tasks:
+        return {}
+    from nas.supernet.calibration import load_tokenizer
+    from nas.supernet.tasks import TaskEvaluator, load_task
+
+    tokenizer = load_tokenizer(model_path)
+    seq_len = config.seq_len or int(dict(supernet.build_config.get("calibration") or {}).get("seq_len") or 128)
+    evaluators = {}
+    for spec in config.guard_tasks:
+        task = load_task(spec)
+        evaluators[task.name] = TaskEvaluator(net, family, supernet.space, tokenizer, task, seq_len=seq_len)
+    return evaluators
+
+
+def validation_losses(net: Any, family: Any, supernet: Any, smol: SMoL | None, batches: list[Batch],
+                      tasks: dict[str, Any] | None = None) -> dict[str, float]:
+    """Validation loss (nll, or 1 - cosine to the base) of every eval shape with merged adapters, and minus
+    its score on every guard task; lower is better."""
     from nas.finetune.apply import subnet_of
     from nas.supernet.evaluate import SubnetEvaluator
 
@@ -362,6 +385,8 @@ def validation_losses(net: Any, family: Any, supernet: Any, smol: SMoL | None, b
     for name, shape in eval_shapes(supernet).items():
         layers, cuts, hooks = subnet_of(supernet, family, smol, shape)
         out[name] = float(evaluator.score(layers, cuts=cuts, hooks=hooks).loss)
+        for task, task_evaluator in (tasks or {}).items():
+            out[f"{TASK_KEY}{task} {name}"] = -float(task_evaluator.score(layers, cuts=cuts, hooks=hooks))
     return out
 
 
@@ -398,7 +423,7 @@ class Guard:
     def check(self, step: int, smol: SMoL) -> None:
         losses = self.validate()
         base = self.untrained
-        worse = sorted(name for name, v in losses.items() if v > base[name] + self.config.guard_tolerance)
+        worse = sorted(name for name, v in losses.items() if v > base[name] + self._tolerance(name))
         self.history.append({"step": step, "loss": losses, "worse": worse})
         if worse:
             self.bad_streak += 1
@@ -408,9 +433,13 @@ class Guard:
                                   f"in {self.bad_streak} validations in a row")
             return
         self.bad_streak = 0
-        score = sum((losses[n] - base[n]) / max(base[n], 1e-3) for n in losses) / len(losses)
+        shapes = [n for n in losses if not n.startswith(TASK_KEY)]  # task scores gate harm; agreement ranks the states
+        score = sum((losses[n] - base[n]) / max(base[n], 1e-3) for n in shapes) / len(shapes)
         if score < self.kept_score:
             self.kept_step, self.kept_score, self.kept_state = step, score, _copy_state(smol)
+
+    def _tolerance(self, name: str) -> float:
+        return self.config.guard_task_tolerance if name.startswith(TASK_KEY) else self.config.guard_tolerance
 
     def restore(self, smol: SMoL) -> None:
         """Put the kept state back (said in :attr:`notes` unless it is the last one)."""
@@ -443,7 +472,12 @@ def _copy_state(smol: SMoL) -> dict[str, torch.Tensor]:
 
 
 def _describe(worse: list[str], losses: dict[str, float], base: dict[str, float]) -> str:
-    return ", ".join(f"{n} ({base[n]:.4f} -> {losses[n]:.4f})" for n in worse)
+    def one(n: str) -> str:
+        if n.startswith(TASK_KEY):  # stored as minus the score
+            return f"{n.removeprefix(TASK_KEY)} score ({-base[n]:.4f} -> {-losses[n]:.4f})"
+        return f"{n} ({base[n]:.4f} -> {losses[n]:.4f})"
+
+    return ", ".join(one(n) for n in worse)
 
 
 def evaluate_shapes(net: Any, family: Any, supernet: Any, smol: SMoL | None,

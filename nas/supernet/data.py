@@ -83,11 +83,6 @@ def load_documents(path: str | Path, *, option: str = "--calib-text") -> list[Do
     return docs
 
 
-def load_text_file(path: str | Path, *, option: str = "--calib-text") -> list[Document]:
-    """The older name of :func:`load_documents` (kept: callers use it)."""
-    return load_documents(path, option=option)
-
-
 def document_files(folder: Path, *, option: str = "--calib-text") -> list[Path]:
     """Every readable text / JSON-lines file under ``folder``, recursively, sorted; hidden ones skipped."""
     files = sorted(
