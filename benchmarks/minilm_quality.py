@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     adapter = AdapterConfig(rank=args.rank)
     config = FinetuneConfig(adapter=adapter, steps=args.steps, max_minutes=args.minutes, lr=args.lr, batch_size=args.batch_size,
                             num_train=args.num_train, data=args.data, eval_every=args.eval_every, checkpoint_every=0,
-                            seed=args.seed)
+                            seed=args.seed, guard_tasks=tuple(tasks.values()) if args.guard_judged else ())
     trained = train_supernet(sn_dir, work / "minilm-trained", config, overwrite=True, progress=True)
     result: dict[str, Any] = {"date": datetime.date.today().isoformat(), "machine": cpu_slug(), "threads": torch.get_num_threads(), "build_s": round(build_s, 1),
                               "train_s": round(trained.seconds, 1), "steps": trained.steps, "config": config.to_dict(),
@@ -135,7 +135,8 @@ def run_markdown(r: dict[str, Any]) -> list[str]:
     base = r["runs"]["trained"]["base"]
     c = r["config"]
     runs = r["runs"]
-    lines = [f"### `{c['data'] or 'stdlib-docs'}`, lr {c['lr']:g}: {r['steps']} steps in {r['train_s'] / 60:.1f} min, "
+    guarded = " guarded on the judged sets," if c.get("guard_tasks") else ""
+    lines = [f"### `{c['data'] or 'stdlib-docs'}`, lr {c['lr']:g},{guarded} {r['steps']} steps in {r['train_s'] / 60:.1f} min, "
              f"{r['date']}, {r['machine']}, {r['threads']} threads", "",
              f"Budget {c['max_minutes']:g} min of training, batch {c['batch_size']}, {c['num_train']} training sentences, "
              f"rank {c['adapter']['rank']}; kept step {r['kept_step']}. Best under {r['budget_fraction']:.0%}: untrained "
@@ -187,6 +188,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--guard-judged", action="store_true", help="the guard also keeps the judged sets' scores (--guard-task judged)")
     parser.add_argument("--device", default="cpu-amd-epyc-zen4-2c", help="latency table of the half-latency search")
     parser.add_argument("--runtime", default="torch")
     parser.add_argument("--fraction", type=float, default=0.5)
