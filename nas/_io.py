@@ -141,3 +141,11 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def cache_dir() -> Path:
+    """The per-user cache: ``$ANYSHAPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/anyshape``, else ``~/.cache/anyshape``."""
+    if os.environ.get("ANYSHAPE_CACHE_DIR"):
+        return Path(os.environ["ANYSHAPE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "anyshape"

@@ -148,8 +148,9 @@ class _HashCache:
 
     @classmethod
     def load(cls) -> _HashCache:
-        root = Path(os.environ.get("ANYSHAPE_CACHE_DIR", Path.home() / ".cache" / "anyshape"))
-        path = root / "sha256.json"
+        from nas._io import cache_dir
+
+        path = cache_dir() / "sha256.json"
         try:
             entries = json.loads(path.read_text())
             if not isinstance(entries, dict):

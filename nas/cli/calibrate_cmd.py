@@ -54,7 +54,8 @@ def calibrate_command(
 @calibrations_app.command("list")
 def calibrations_list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of lines.")) -> None:
     """Every calibration in this user's cache, and whether it applies on this machine."""
-    from nas.predictor.calibration import cache_dir, list_calibrations
+    from nas._io import cache_dir
+    from nas.predictor.calibration import list_calibrations
 
     found = list_calibrations()
     if as_json:

@@ -12,7 +12,8 @@ from nas.cli._app import app, print_json
 
 def device_report(tables_root: Path) -> dict[str, Any]:
     """This machine's slug and CPU, its own tables, the other CPUs' tables it can calibrate from, and its calibrations."""
-    from nas.predictor.calibration import cache_dir, list_calibrations
+    from nas._io import cache_dir
+    from nas.predictor.calibration import list_calibrations
     from profilers.environment import cpu_slug, device_fingerprint
     from profilers.tables import find_tables_root, list_tables
 

@@ -98,7 +98,7 @@ def predictor_file(csv_path: Path) -> Path:
     beside = csv_path.with_name(f"{csv_path.stem}.predictor.json")
     if os.access(csv_path.parent, os.W_OK):
         return beside
-    from nas.predictor.calibration import cache_dir
+    from nas._io import cache_dir
 
     return cache_dir() / "predictors" / csv_path.parent.parent.name / csv_path.parent.name / beside.name
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from nas._io import write_json_atomic
+from nas._io import cache_dir, write_json_atomic
 from nas.errors import AnyshapeError
 from nas.shape import Shape
 from nas.workload import Workload
@@ -317,14 +316,6 @@ def other_machine(recorded: dict[str, Any], here: dict[str, Any] | None = None) 
         return None
     shown = ", ".join(f"{k} {recorded.get(k)!r} here {here.get(k)!r}" for k in differing[:2])
     return f"it was made on another machine ({shown})"
-
-
-def cache_dir() -> Path:
-    """The per-user cache: ``$ANYSHAPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/anyshape``, else ``~/.cache/anyshape``."""
-    if os.environ.get("ANYSHAPE_CACHE_DIR"):
-        return Path(os.environ["ANYSHAPE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "anyshape"
 
 
 def calibration_path(device: str, runtime: str, table: str, root: str | Path | None = None) -> Path:

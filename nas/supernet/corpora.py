@@ -480,8 +480,8 @@ SOURCES: dict[str, tuple[Source, ...]] = {
 
 # --------------------------------------------------------------------------- where things live
 def corpora_dir() -> Path:
-    """``<cache>/corpora``: the per-user cache of :func:`nas.predictor.calibration.cache_dir`."""
-    from nas.predictor.calibration import cache_dir
+    """``<cache>/corpora``: the per-user cache of :func:`nas._io.cache_dir`."""
+    from nas._io import cache_dir
 
     return cache_dir() / "corpora"
 
