@@ -159,3 +159,24 @@ def test_usage_errors_have_no_traceback(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and ("No such" in err or "Missing option" in err)
+
+
+@pytest.mark.parametrize("module", ["uvicorn", "fastapi"])
+def test_serve_without_the_service_extra_names_it(capsys, monkeypatch, module):
+    """pip install anyshape without [service], then anyshape serve: one line naming the extra, no traceback."""
+    import sys
+
+    for name in [m for m in sys.modules if m == module or m.startswith(f"{module}.") or m.startswith("nas.service.app")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ModuleNotFoundError, as when it is not installed
+    code = main(["serve", "--read-only", "--port", "0"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().splitlines() == [
+        f"anyshape: error: this needs the optional package {module}, which is not installed: pip install 'anyshape[service]'"]
+
+
+def test_other_missing_modules_stay_bugs(monkeypatch):
+    from nas.errors import missing_extra
+
+    assert missing_extra(ModuleNotFoundError("no", name="not_an_extra")) is None
+    assert "anyshape[postgres]" in (missing_extra(ModuleNotFoundError("no", name="psycopg.pq")) or "")

@@ -475,7 +475,7 @@ def test_guard_tasks_are_validated_during_training(supernet_of: Callable[[str], 
     import random
 
     rng = random.Random(0)
-    words = "the of and to a in is that for it as with was on be by this are or from".split()
+    words = ["the", "of", "and", "to", "a", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by", "this", "are", "or", "from"]
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{' '.join(rng.sample(words, 3))}\t{' '.join(rng.sample(words, 3))}\t{rng.random():.3f}\n"
                              for _ in range(12)))

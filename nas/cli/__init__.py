@@ -24,7 +24,7 @@ from nas.cli import (  # noqa: F401  (commands register on import)
     supernet_cmd,
 )
 from nas.cli._app import app
-from nas.errors import AnyshapeError
+from nas.errors import AnyshapeError, missing_extra
 
 __all__ = ["app", "main"]
 
@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         command.main(args=argv, prog_name="anyshape", standalone_mode=False)
     except AnyshapeError as e:
         sys.stderr.write(f"anyshape: error: {e}\n")
+        return 1
+    except ModuleNotFoundError as e:  # an optional extra not installed is the user's to fix; any other is a bug
+        message = missing_extra(e)
+        if message is None:
+            raise
+        sys.stderr.write(f"anyshape: error: {message}\n")
         return 1
     except (click.exceptions.Exit, typer.Exit) as e:
         return int(e.exit_code)

@@ -28,8 +28,12 @@ def serve_command(
     stale_after_s: float = typer.Option(30.0, "--stale-after-s", help="A run whose worker is silent this long is re-queued."),
 ) -> None:
     """Run the HTTP API (OpenAPI at /docs and /openapi.json); writes need a bearer token."""
+    import importlib
+
     from nas.service import ServiceSettings, read_token, serve
 
+    for module in ("fastapi", "uvicorn"):  # a missing [service] extra fails here, before anything is said or started
+        importlib.import_module(module)
     settings = ServiceSettings(
         host=host, port=port, studies_dir=str(studies.absolute()), tables_root=str(tables.absolute()), storages=tuple(storage),
         search_storage=search_storage, db=db, token=None if read_only else read_token(token_file), read_only=read_only,
