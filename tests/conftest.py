@@ -124,3 +124,32 @@ def gensim_wheel(_user_cache: Path) -> Path:
         z.writestr("gensim/test/test_data/wordsim353.tsv", pairs)
         z.writestr("gensim/test/test_data/pang_lee_polarity.cor", polarity.encode("cp1252"))
     return path
+
+
+def supernet_and_fake_table(model: Path, root: Path, table: str, seq_len: int) -> None:
+    """A supernet of ``model`` at ``root/sn`` (small calibration) and a fake-profiler latency table
+    ``root/tables/<this cpu>/fake/<table>.csv`` at one sequence length: what a search needs."""
+    from nas.families import family_for
+    from nas.hub import load_config_dict
+    from nas.supernet.build import BuildConfig, build_supernet
+    from nas.supernet.calibration import CalibrationConfig
+    from profilers.blocks import ModelSpec
+    from profilers.environment import cpu_slug
+    from profilers.fake import FakeProfiler
+    from profilers.protocol import ProtocolConfig
+    from profilers.run import profile
+    from profilers.workload import GridConfig
+
+    small = CalibrationConfig(num_calib=4, num_heldout=4, seq_len=16, batch_size=2, seed=0)
+    build_supernet(str(model), root / "sn", BuildConfig(calibration=small), progress=False)
+    config = load_config_dict(model)
+    spec = ModelSpec(table, family_for(config), config)
+    grid = GridConfig(seq_len=(seq_len,), context_len=(seq_len,), whole_model_samples=30)
+    profiler = FakeProfiler(ProtocolConfig(warmup=0, repeats=3, min_repeats=3), noise_cv=0.01, seed=3)
+    profile(spec, cpu_slug(), "fake", root / "tables", grid=grid, profiler=profiler, progress=False, bandwidth_buffer_mib=8)
+
+
+@pytest.fixture(scope="session")
+def search_setup() -> Callable[[Path, Path, str, int], None]:
+    """:func:`supernet_and_fake_table`, for module fixtures that prepare a search."""
+    return supernet_and_fake_table

@@ -9,30 +9,13 @@ import pytest
 import transformers
 
 from nas.cli import main
-from nas.families import family_for
-from nas.hub import load_config_dict
-from nas.supernet.build import BuildConfig, build_supernet
-from nas.supernet.calibration import CalibrationConfig
-from profilers.blocks import ModelSpec
 from profilers.environment import cpu_slug
-from profilers.fake import FakeProfiler
-from profilers.protocol import ProtocolConfig
-from profilers.run import profile
-from profilers.workload import GridConfig
-
-SMALL = CalibrationConfig(num_calib=4, num_heldout=4, seq_len=16, batch_size=2, seed=0)
 
 
 @pytest.fixture(scope="module")
-def setup(tok_model, tmp_path_factory):
+def setup(tok_model, tmp_path_factory, search_setup):
     root = tmp_path_factory.mktemp("search-e2e")
-    model = tok_model("llama")
-    build_supernet(str(model), root / "sn", BuildConfig(calibration=SMALL), progress=False)
-    config = load_config_dict(model)
-    spec = ModelSpec("tiny-llama", family_for(config), config)
-    grid = GridConfig(seq_len=(128,), context_len=(128,), whole_model_samples=30)
-    profiler = FakeProfiler(ProtocolConfig(warmup=0, repeats=3, min_repeats=3), noise_cv=0.01, seed=3)
-    profile(spec, cpu_slug(), "fake", root / "tables", grid=grid, profiler=profiler, progress=False, bandwidth_buffer_mib=8)
+    search_setup(tok_model("llama"), root, "tiny-llama", 128)
     return root
 
 

@@ -10,18 +10,11 @@ import pytest
 
 from nas.cli import main
 from nas.errors import AnyshapeError
-from nas.families import family_for
 from nas.hub import load_config_dict
 from nas.modeling import load_model
-from nas.supernet.build import BuildConfig, build_supernet
-from nas.supernet.calibration import CalibrationConfig, load_tokenizer
+from nas.supernet.calibration import load_tokenizer
 from nas.supernet.tasks import LabelsTask, PairsTask, TaskEvaluator, load_task
-from profilers.blocks import ModelSpec
 from profilers.environment import cpu_slug
-from profilers.fake import FakeProfiler
-from profilers.protocol import ProtocolConfig
-from profilers.run import profile
-from profilers.workload import GridConfig
 
 WORDS = ["the", "of", "and", "to", "a", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by", "this", "are", "or", "from", "at", "an", "which", "not"]
 
@@ -99,19 +92,11 @@ def test_missing_task_file(tmp_path):
         load_task(f"labels:{tmp_path / 'none.tsv'}")
 
 
-SMALL = CalibrationConfig(num_calib=4, num_heldout=4, seq_len=16, batch_size=2, seed=0)
-
-
 @pytest.fixture(scope="module")
-def encoder_setup(tok_model, tmp_path_factory):
+def encoder_setup(tok_model, tmp_path_factory, search_setup):
     root = tmp_path_factory.mktemp("tasks")
     model = tok_model("bert")
-    build_supernet(str(model), root / "sn", BuildConfig(calibration=SMALL), progress=False)
-    config = load_config_dict(model)
-    spec = ModelSpec("tiny-bert", family_for(config), config)
-    grid = GridConfig(seq_len=(32,), context_len=(32,), whole_model_samples=30)
-    profiler = FakeProfiler(ProtocolConfig(warmup=0, repeats=3, min_repeats=3), noise_cv=0.01, seed=3)
-    profile(spec, cpu_slug(), "fake", root / "tables", grid=grid, profiler=profiler, progress=False, bandwidth_buffer_mib=8)
+    search_setup(model, root, "tiny-bert", 32)
     write_pairs(root / "pairs.tsv")
     write_labels(root / "labels.tsv")
     return root, model
