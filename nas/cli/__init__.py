@@ -13,6 +13,7 @@ import typer
 from nas.cli import (  # noqa: F401  (commands register on import)
     calibrate_cmd,
     corpus_cmd,
+    dashboard_cmd,
     device_cmd,
     extract_cmd,
     inspect_cmd,
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     usage_errors = (click.ClickException, typer_click.ClickException)
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="anyshape", standalone_mode=False)
+        status = command.main(args=argv, prog_name="anyshape", standalone_mode=False)
+        if isinstance(status, int) and not isinstance(status, bool):  # typer.Exit(code) comes back as the return value
+            return status
     except AnyshapeError as e:
         sys.stderr.write(f"anyshape: error: {e}\n")
         return 1

@@ -65,5 +65,5 @@ def quickstart_command(
         f"budget {result.budget_ms:g} ms predicted; latency table {result.table}; predictor {result.predictor}\n"
         f"{result.pareto_configs} Pareto configs in {result.out / 'pareto'}; checkpoint of the best in {result.out / 'best'}\n"
         f"time: {timing}\n"
-        f"open the study: optuna-dashboard sqlite:///{result.out / 'study' / 'study.db'}"
+        f"open the study: anyshape dashboard --storage sqlite:///{result.out / 'study' / 'study.db'}"
     )

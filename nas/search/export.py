@@ -38,8 +38,8 @@ def pareto_trials(study: Any) -> list[Any]:
     return sorted(unique.values(), key=lambda t: (t.values[1], t.number))
 
 
-def load_study(storage: str, name: str) -> Any:
-    import optuna
+def load_storage(storage: str) -> Any:
+    """The Optuna storage of an existing study database (a SQLite file that is not there is an error)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -52,7 +52,13 @@ def load_study(storage: str, name: str) -> Any:
     path = sqlite_file(parsed)
     if path and not Path(path).is_file():
         raise AnyshapeError(f"no study storage at {path}; run anyshape search first or pass --storage")
-    store = make_storage(storage, heartbeat=False)
+    return make_storage(storage, heartbeat=False)
+
+
+def load_study(storage: str, name: str) -> Any:
+    import optuna
+
+    store = load_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store)]
     if name not in names:
         known = ", ".join(sorted(names)) or "none"

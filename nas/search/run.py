@@ -1,10 +1,13 @@
 """Run a multi-objective Optuna study over a supernet's shapes.
 
 Objectives: the accuracy metric (its own direction) and predicted latency for the workload
-(minimised), optionally memory (weights + KV cache, minimised). Budgets are constraints set
-with ``trial.set_constraint`` (Optuna 5). Every trial records its shape, predicted latency,
-the latency table's source and the supernet hash as user attributes, which optuna-dashboard
-shows. Studies live in any SQLAlchemy URL; the default is a SQLite file under ``studies/``.
+(minimised), optionally memory (weights + KV cache, minimised). Budgets are constraints: every
+trial records its slack (``latency_slack_ms``, ``memory_slack_mb``: value minus budget, feasible
+at or below 0) and ``feasible`` as user attributes, and the sampler's ``constraints_func`` reads
+them, so they land in ``system_attrs["constraints"]``, the place every Optuna tool reads
+(``study.best_trials``, samplers, ``plot_pareto_front``, and optuna-dashboard, which reads no
+other). Every trial also records its shape, predicted latency, the latency table's source and
+the supernet hash, which optuna-dashboard shows. Studies live in any SQLAlchemy URL; the default is a SQLite file under ``studies/``.
 
 Resume and workers: re-running the same command continues the study until it holds
 ``trials`` complete trials; trials of a killed worker are detected by Optuna's heartbeat,
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nas._io import folder_lock
+from nas._progress import bar, phase
 from nas.errors import AnyshapeError
 from nas.search.problem import SearchProblem, shape_key
 from nas.workload import Workload
@@ -271,13 +275,25 @@ def _check_same_calibration(stored: Any, mine: Any) -> None:
         )
 
 
+#: User attributes that hold a trial's budget slack (value minus budget), in constraint order.
+SLACK_ATTRS = ("latency_slack_ms", "memory_slack_mb")
+
+
+def trial_constraints(trial: Any) -> tuple[float, ...]:
+    """The sampler's ``constraints_func``: the trial's budget slacks (feasible when every one is <= 0)."""
+    return tuple(float(trial.user_attrs[k]) for k in SLACK_ATTRS if k in trial.user_attrs)
+
+
 def make_sampler(config: SearchConfig, worker: int = 0) -> Any:
     import optuna
 
     seed = config.seed + 1009 * worker  # workers explore differently; worker 0 reproduces a one-worker run
+    budgets = config.latency_budget_ms is not None or config.memory_budget_mb is not None
+    constraints = trial_constraints if budgets else None
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, config.trials))
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.population_size)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, config.trials),
+                                          constraints_func=constraints)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.population_size, constraints_func=constraints)
 
 
 def make_objective(config: SearchConfig, problem: SearchProblem, study: Any) -> Callable[[Any], tuple[float, ...]]:
@@ -306,10 +322,15 @@ def make_objective(config: SearchConfig, problem: SearchProblem, study: Any) -> 
         trial.set_user_attr("latency_source", problem.latency.source)
         trial.set_user_attr("memory_mb", round(memory, 3))
         trial.set_user_attr("supernet_sha256", problem.supernet_sha256)
+        slack = {}
         if config.latency_budget_ms is not None:
-            trial.set_constraint("latency_budget_ms", latency_ms - config.latency_budget_ms)
+            slack["latency_slack_ms"] = round(latency_ms - config.latency_budget_ms, 6)
         if config.memory_budget_mb is not None:
-            trial.set_constraint("memory_budget_mb", memory - config.memory_budget_mb)
+            slack["memory_slack_mb"] = round(memory - config.memory_budget_mb, 6)
+        for key, value in slack.items():
+            trial.set_user_attr(key, value)
+        if slack:
+            trial.set_user_attr("feasible", all(v <= 0 for v in slack.values()))
         values = (accuracy, latency_ms) + ((memory,) if config.memory_objective else ())
         return values
 
@@ -323,8 +344,9 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> SearchResult:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
-    problem = build_problem(config)
-    study = open_study(config, problem)
+    with phase("search set-up (supernet, model, latency predictor, study)", progress):
+        problem = build_problem(config)
+        study = open_study(config, problem)
     with _quiet_experimental():
         optuna.storages.fail_stale_trials(study)
     before = _count_complete(study)
@@ -338,7 +360,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> SearchResult:
             _run_workers(config, shares, progress=progress, total=config.trials, done=before, study=study)
     complete = _count_complete(study)
     if problem.baseline_shapes and "baselines" not in study.user_attrs:
-        study.set_user_attr("baselines", score_baselines(config, problem))
+        study.set_user_attr("baselines", score_baselines(config, problem, progress=progress))
     if complete < config.trials:
         failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
         reason = failed[-1].user_attrs.get("error", "see the worker logs") if failed else "workers stopped early"
@@ -356,14 +378,17 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> SearchResult:
     )
 
 
-def score_baselines(config: SearchConfig, problem: SearchProblem) -> list[dict[str, Any]]:
+def score_baselines(config: SearchConfig, problem: SearchProblem, *, progress: bool = False) -> list[dict[str, Any]]:
     """Accuracy and predicted latency of the uniform baselines, for the export's plot and benchmarks."""
     shapes = [problem.resolve({k: v for k, v in b.items() if k != "fraction"}) for b in problem.baseline_shapes]
     latencies = problem.latency.predict(shapes, config.workload)
-    return [
-        {"shape": shape.to_dict(), "fraction": b.get("fraction"), "accuracy": float(problem.accuracy(shape)), "latency_ms": float(lat)}
-        for b, shape, lat in zip(problem.baseline_shapes, shapes, latencies)
-    ]
+    rows = []
+    with contextlib.closing(bar(len(shapes), "uniform baselines", "shape", enabled=progress)) as done:
+        for b, shape, lat in zip(problem.baseline_shapes, shapes, latencies):
+            rows.append({"shape": shape.to_dict(), "fraction": b.get("fraction"), "accuracy": float(problem.accuracy(shape)),
+                         "latency_ms": float(lat)})
+            done.update(1)
+    return rows
 
 
 def _optimize(config: SearchConfig, problem: SearchProblem, study: Any, n_trials: int, *, progress: bool, total: int, done: int) -> None:
@@ -434,9 +459,7 @@ def _trial_summary(trial: Any) -> dict[str, Any]:
 
 
 def _progress(total: int, done: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, desc="search", unit="trial", disable=not enabled, dynamic_ncols=True)
+    return bar(total, "search", "trial", initial=done, enabled=enabled)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,34 @@
+"""Progress a user sees on stderr: a bar for counted work, a timed line for a phase that is not counted.
+
+Every command that runs longer than a couple of seconds shows one of the two; ``--no-progress``
+(and ``--json``, whose stdout a program reads) turns both off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+def bar(total: int, desc: str, unit: str, *, initial: int = 0, enabled: bool = True) -> Any:
+    """A tqdm bar on stderr (a disabled one when ``enabled`` is false)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def phase(label: str, enabled: bool = True) -> Iterator[None]:
+    """``label ...`` when the phase starts and ``label: 12.3 s`` when it ends (nothing when disabled)."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.write(f"{label} ...\n")
+    sys.stderr.flush()
+    start = time.perf_counter()
+    yield
+    sys.stderr.write(f"{label}: {time.perf_counter() - start:.1f} s\n")
+    sys.stderr.flush()
