@@ -86,9 +86,8 @@ def extract(
         layer_types = family.layer_types(base_config)
         if layer_types:
             sub_config["layer_types"] = [layer_types[i] for i in resolved.layers or ()]
-        sub_config["torch_dtype"] = sub_config.get("torch_dtype", base_config.get("torch_dtype"))
-        (tmp / "config.json").write_text(json.dumps(sub_config, indent=2) + "\n")
         _copy_aux_files(source.path, tmp)
+        write_config(sub_config, tmp)
         num_params = sum(t.numel() for k, t in tensors.items() if not k.endswith("position_ids"))
         base_params = count_parameters(source.path)
         onnx_info = None
@@ -109,7 +108,7 @@ def extract(
             "onnx": onnx_info,
         }
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n")
-        (tmp / "README.md").write_text(_model_card(source, family, resolved, num_params, base_params))
+        (tmp / "README.md").write_text(model_card(source, family, resolved, num_params, base_params, tmp))
         files = sorted(p.name for p in tmp.iterdir())
     return ExtractResult(
         out=Path(out).absolute(),
@@ -251,13 +250,64 @@ def _is_small_config_dir(path: Path) -> bool:
     return bool(files) and all(not p.name.endswith(WEIGHT_SUFFIXES) and p.stat().st_size < 1 << 20 for p in files)
 
 
-def _model_card(source: ModelSource, family: ModelFamily, shape: Shape, params: int, base_params: int) -> str:
+def write_config(sub_config: dict[str, Any], folder: Path) -> None:
+    """``config.json`` as transformers writes it (``save_pretrained``: its version, ``dtype``, no stale keys),
+    or the plain JSON for a model type this transformers does not know."""
+    from transformers import AutoConfig
+
+    data = dict(sub_config)
+    dtype = data.pop("torch_dtype", None)
+    if data.get("dtype") is None and dtype is not None:
+        data["dtype"] = dtype
+    data.pop("transformers_version", None)
+    data.pop("_name_or_path", None)
+    try:
+        config = AutoConfig.for_model(**data)
+    except (ValueError, KeyError):  # a model type this transformers has no config class for
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in data.items() if v is not None}, indent=2) + "\n")
+        return
+    config.save_pretrained(folder)
+
+
+#: Tags every extracted card carries besides the base card's.
+CARD_TAGS = ("anyshape", "pruned", "subnet")
+
+
+def model_card(source: ModelSource, family: ModelFamily, shape: Shape, params: int, base_params: int, folder: Path) -> str:
+    """The subnet's ``README.md``: the base card's metadata (licence, language, library, tags, ...) kept,
+    ``base_model`` and the shape added (huggingface_hub's ``ModelCard``), and how to load it."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     assert shape.layers is not None
-    return (
-        f"# Subnet of {source.spec}\n\n"
+    data = ModelCardData()
+    base_card = source.path / "README.md"
+    if base_card.is_file():
+        try:
+            data = ModelCard.load(base_card).data
+        except Exception:  # a README without (valid) metadata: keep none of it
+            data = ModelCardData()
+    meta = {k: v for k, v in data.to_dict().items() if k not in ("model-index", "base_model_relation")}
+    if source.hub_id:
+        meta["base_model"] = source.hub_id
+        meta["base_model_relation"] = "finetune"  # the Hub's word for derived weights (pruned, not quantized)
+    sentence_transformers = (folder / "modules.json").is_file()
+    meta.setdefault("library_name", "sentence-transformers" if sentence_transformers else "transformers")
+    meta.setdefault("pipeline_tag", "text-generation" if family.kind == "decoder"
+                    else "sentence-similarity" if sentence_transformers else "feature-extraction")
+    meta["tags"] = list(dict.fromkeys([*(meta.get("tags") or []), *CARD_TAGS]))
+    meta["anyshape"] = {"shape": shape.to_dict(), "num_parameters": params, "base_num_parameters": base_params,
+                        "base_model_source": source.spec}
+    if sentence_transformers:
+        load = ("```python\nfrom sentence_transformers import SentenceTransformer\n\n"
+                "model = SentenceTransformer(\"<this folder>\")\nembeddings = model.encode([\"a sentence\", \"another\"])\n```\n")
+    else:
+        load = (f"```python\nfrom transformers import {family.auto_class}\n\n"
+                f"model = {family.auto_class}.from_pretrained(\"<this folder>\")\n```\n")
+    body = (
+        f"# Subnet of {source.hub_id or source.spec}\n\n"
         f"Extracted by anyshape {__version__}: a {family.name} model with {len(shape.layers)} layers "
         f"(base layers {list(shape.layers)}), {shape.heads} heads, {shape.kv_heads} KV heads, FFN {shape.ffn}; "
         f"{params:,} parameters ({params / max(base_params, 1):.1%} of the base {base_params:,}).\n\n"
-        f"Load it with `transformers.{family.auto_class}.from_pretrained(<this folder>)`. "
-        f"`{PROVENANCE_FILE}` records the config and the exact base heads and channels of every layer.\n"
+        f"{load}\n`{PROVENANCE_FILE}` records the config and the exact base heads and channels of every layer.\n"
     )
+    return str(ModelCard(f"---\n{ModelCardData(**meta).to_yaml()}\n---\n\n{body}"))

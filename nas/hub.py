@@ -39,6 +39,9 @@ BUILTIN_MODELS: dict[str, tuple[str, Callable[[], Path]]] = {
     "ref-decoder": ("anyshape's reference decoder (Llama, 12 layers, 9.3M parameters; nas/assets/ref-llama-12l)", _reference_decoder_dir),
 }
 
+#: The Hugging Face Hub repository a builtin alias is a copy of (a model card's ``base_model``).
+BUILTIN_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ot", ".onnx", ".gguf")
 
@@ -53,6 +56,13 @@ class ModelSource:
 
     def config_dict(self) -> dict[str, Any]:
         return load_config_dict(self.path)
+
+    @property
+    def hub_id(self) -> str | None:
+        """The Hub repository this model is (a hub id, or a builtin alias's origin), None for a local path."""
+        if self.kind == "hub":
+            return self.spec
+        return BUILTIN_HUB_IDS.get(self.spec) if self.kind == "alias" else None
 
 
 def resolve_model(spec: str | os.PathLike[str]) -> ModelSource:
@@ -81,7 +91,7 @@ def _download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        small = ["*.json", "*.txt", "*.model", "tokenizer*", "*/config.json"]
+        small = ["*.json", "*.txt", "*.model", "tokenizer*", "*/config.json", "README.md"]  # README: the model card
         local = Path(snapshot_download(repo_id, allow_patterns=[*small, "*.safetensors"]))
         if not any(local.glob("*.safetensors")):
             local = Path(snapshot_download(repo_id, allow_patterns=[*small, "pytorch_model*.bin"]))
