@@ -30,17 +30,18 @@ def export_command(
 
 @app.command("search")
 def search_command(
-    supernet: Path = typer.Argument(..., metavar="SUPERNET", help="Supernet directory (anyshape supernet build)."),
-    device: str = typer.Option(..., "--device", help="Device slug whose latency table to use."),
-    runtime: str = typer.Option(..., "--runtime", help="torch | onnxruntime"),
-    trials: int = typer.Option(..., "--trials", help="Complete trials the study should hold."),
+    supernet: Path | None = typer.Argument(None, metavar="SUPERNET", help="Supernet directory (anyshape supernet build); or --config."),
+    config_file: Path | None = typer.Option(None, "--config", help="Study file (YAML, studies/*.yaml) holding the options below."),
+    device: str | None = typer.Option(None, "--device", help="Device slug whose latency table to use."),
+    runtime: str | None = typer.Option(None, "--runtime", help="torch | onnxruntime"),
+    trials: int | None = typer.Option(None, "--trials", help="Complete trials the study should hold."),
     workload: str = typer.Option("prefill:b1:s128", "--workload", help="prefill:bB:sS or decode:bB:cC"),
     latency_budget_ms: float | None = typer.Option(None, "--latency-budget-ms", help="Constraint: predicted latency <= this."),
     memory_budget_mb: float | None = typer.Option(None, "--memory-budget-mb", help="Constraint: weights + KV cache <= this."),
     memory_objective: bool = typer.Option(False, "--memory-objective", help="Also minimise memory (3 objectives)."),
     storage: str | None = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite:///studies/STUDY/study.db)."),
     study: str | None = typer.Option(None, "--study", help="Study name (default: SUPERNET's folder name + device)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes sharing the study."),
+    workers: int | None = typer.Option(None, "--workers", help="Worker processes sharing the study (default 1)."),
     seed: int = typer.Option(0, "--seed"),
     sampler: str = typer.Option("nsga2", "--sampler", help="nsga2 | tpe"),
     model: str | None = typer.Option(None, "--model", help="Base model, if not where the supernet says."),
@@ -50,31 +51,34 @@ def search_command(
     metric: str = typer.Option("default", "--metric", help="Accuracy objective: default (encoders: cosine to the base; decoders: perplexity), "
                                "token_accuracy (decoders), pairs:FILE (text1<TAB>text2<TAB>score, Spearman) or labels:FILE "
                                "(label<TAB>text, probe accuracy)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (and no progress)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or phase lines on stderr."),
 ) -> None:
-    """Search the accuracy / latency Pareto front of a supernet's shapes on a device."""
-    from nas.search.run import SearchConfig, run_search
-    from nas.workload import Workload
+    """Search the accuracy / latency Pareto front of a supernet's shapes on a device (flags, or a study file)."""
+    from nas.errors import AnyshapeError
+    from nas.search.run import run_search
+    from nas.search.studies import load_study_file, supernet_search_config
 
-    metric_args = metric_factory_args(metric)
-    config = SearchConfig(
-        study=study or f"{supernet.absolute().name}-{device}-{runtime}",
-        trials=trials,
-        factory="nas.search.factory:supernet_problem",
-        factory_args={"supernet": str(supernet.absolute()), "model": model, "tables": str(tables.absolute()), "table": table,
-                      "calibrated": calibration, **metric_args},
-        device=device,
-        runtime=runtime,
-        workload=Workload.parse(workload),
-        storage=storage,
-        workers=workers,
-        seed=seed,
-        sampler=sampler,  # type: ignore[arg-type]
-        latency_budget_ms=latency_budget_ms,
-        memory_budget_mb=memory_budget_mb,
-        memory_objective=memory_objective,
-    )
-    result = run_search(config, progress=not as_json)
+    if config_file is not None:
+        given = [name for name, value in (("SUPERNET", supernet), ("--device", device), ("--runtime", runtime), ("--trials", trials),
+                                          ("--study", study), ("--model", model), ("--table", table),
+                                          ("--latency-budget-ms", latency_budget_ms), ("--memory-budget-mb", memory_budget_mb))
+                 if value is not None]
+        if given:
+            raise AnyshapeError(f"--config holds the search; drop {', '.join(given)} (only --storage and --workers override a study file)")
+        config = load_study_file(config_file, storage=storage, workers=workers).config
+    else:
+        missing = [name for name, value in (("SUPERNET", supernet), ("--device", device), ("--runtime", runtime), ("--trials", trials))
+                   if value is None]
+        if missing:
+            raise AnyshapeError(f"give {', '.join(missing)} (or a study file with --config)")
+        assert supernet is not None and device is not None and runtime is not None and trials is not None
+        config = supernet_search_config(
+            supernet=supernet, device=device, runtime=runtime, trials=trials, study=study, model=model, tables=tables, table=table,
+            calibration=calibration, metric=metric, workload=workload, storage=storage, workers=workers or 1, seed=seed,
+            sampler=sampler, latency_budget_ms=latency_budget_ms, memory_budget_mb=memory_budget_mb, memory_objective=memory_objective,
+        )
+    result = run_search(config, progress=not (as_json or no_progress))
     if as_json:
         print_json({"study": result.study, "storage": result.storage, "complete_trials": result.complete_trials,
                     "new_trials": result.new_trials, "trials_per_minute": round(result.trials_per_minute, 1), "pareto": result.pareto,
@@ -84,24 +88,35 @@ def search_command(
                f"{len(result.pareto)} on the feasible Pareto front"
                + (f" (latency calibrated on this machine, calibration {result.calibration['id']})" if result.calibration else "")
                + f"; export with: anyshape export --study {result.study}"
-               + (f" --storage {storage}" if storage else ""))
+               + (f" --storage {config.storage}" if config.storage else ""))
 
 
-def metric_factory_args(metric: str) -> dict[str, str]:
-    """``--metric`` as factory arguments: none for the default (so older studies resume), the task file's
-    absolute path and sha256 for a task (so a study refuses a changed file)."""
-    import hashlib
+@app.command("batch")
+def batch_command(
+    files: list[Path] = typer.Argument(..., metavar="STUDY_FILE...", help="Study files (YAML), e.g. studies/*.yaml."),
+    workers: int = typer.Option(1, "--workers", help="Study files searched at once, one process each."),
+    storage: str | None = typer.Option(None, "--storage", help="One storage for every study (postgresql://... for several hosts); "
+                                       "default: each file's storage, else its studies/STUDY/study.db."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON (and no progress)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar on stderr."),
+) -> None:
+    """Run many study files on N workers; re-running a stopped batch resumes every study. Prints one summary table."""
+    import dataclasses
+    import time
 
-    from nas.supernet.tasks import load_task
+    from nas.search.studies import batch_table, run_batch
 
-    if metric == "default":
-        return {}
-    if metric in ("cosine", "perplexity", "token_accuracy"):
-        return {"metric": metric}
-    load_task(metric)  # a bad file fails here, in one line, before any worker starts
-    kind, _, path = metric.partition(":")
-    file = Path(path).absolute()
-    return {"metric": f"{kind}:{file}", "metric_sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+    start = time.perf_counter()
+    rows = run_batch(files, workers=workers, storage=storage, progress=not (as_json or no_progress))
+    failed = [r for r in rows if r.error]
+    if as_json:
+        print_json({"seconds": round(time.perf_counter() - start, 1), "rows": [dataclasses.asdict(r) for r in rows]})
+    else:
+        typer.echo(batch_table(rows))
+        typer.echo(f"{len(rows)} studies in {time.perf_counter() - start:.1f} s on {workers} worker(s); "
+                   f"{len(rows) - len(failed)} complete, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("verify")
