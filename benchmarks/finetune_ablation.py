@@ -50,6 +50,8 @@ CELLS: dict[str, dict[str, Any]] = {
     "MLFS scaling": {"grad_scale": "mlfs"},
     "single LoRA": {"adapter": "single"},
     "lr x3": {"lr": 3e-3},
+    "no short spans": {"short_spans": 0.0},  # encoders only: decoders train on token windows
+    "no relational loss": {"relation_weight": 0.0},  # encoders only
 }
 
 
@@ -103,7 +105,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
              "1 - params/params_full so the full shape is the base exactly), every shape distilled from the frozen base "
              "model (`teacher: base`), loss-magnitude balancing to the largest (AmoebaLLM's rule: the largest's "
              "next-token loss on decoders; on encoders the largest is the base, its loss is 0 and the rule does "
-             "nothing, so `balance none` equals the recipe there), AdamW lr 1e-3, and the guard (validation every "
+             "nothing, so `balance none` equals the recipe there), on encoders half the training sentences cut to "
+             "spans of 1-32 words and a relational loss (weight 1: the batch's cosine-similarity matrix against the "
+             "base's) beside the embedding loss, AdamW lr 1e-3, and the guard (validation every "
              "tenth of the run; the best state with no shape worse than untrained is kept, training stops after 2 "
              "harmful validations in a row). `in-place, no guard` is AmoebaLLM's in-place distillation as it ran "
              "before (the largest on the task loss and trained like the others, the students on its outputs); every "

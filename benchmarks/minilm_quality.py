@@ -97,7 +97,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     adapter = AdapterConfig(rank=args.rank)
     config = FinetuneConfig(adapter=adapter, steps=args.steps, max_minutes=args.minutes, lr=args.lr, batch_size=args.batch_size,
                             num_train=args.num_train, data=args.data, eval_every=args.eval_every, checkpoint_every=0,
-                            seed=args.seed, guard_tasks=tuple(tasks.values()) if args.guard_judged else ())
+                            seed=args.seed, guard_tasks=tuple(tasks.values()) if args.guard_judged else (),
+                            **{k: v for k, v in (("short_spans", args.short_spans), ("relation_weight", args.relation_weight))
+                               if v is not None})
     trained = train_supernet(sn_dir, work / "minilm-trained", config, overwrite=True, progress=True)
     result: dict[str, Any] = {"date": datetime.date.today().isoformat(), "machine": cpu_slug(), "threads": torch.get_num_threads(), "build_s": round(build_s, 1),
                               "train_s": round(trained.seconds, 1), "steps": trained.steps, "config": config.to_dict(),
@@ -188,6 +190,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--short-spans", type=float, default=None, help="share of training sentences cut to 1-32 words (default: the recipe's)")
+    parser.add_argument("--relation-weight", type=float, default=None, help="weight of the batch similarity-matrix loss (default: the recipe's)")
     parser.add_argument("--guard-judged", action="store_true", help="the guard also keeps the judged sets' scores (--guard-task judged)")
     parser.add_argument("--device", default="cpu-amd-epyc-zen4-2c", help="latency table of the half-latency search")
     parser.add_argument("--runtime", default="torch")

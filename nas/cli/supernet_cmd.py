@@ -71,6 +71,10 @@ def train_command(
     rank: int = typer.Option(8, "--rank", help="LoRA rank of every expert."),
     top_k: int = typer.Option(2, "--top-k", help="SMoL: experts mixed per layer."),
     num_random: int = typer.Option(2, "--num-random", help="Random shapes per step besides the largest and smallest."),
+    short_spans: float | None = typer.Option(None, "--short-spans", help="Encoders: share of training sentences cut to 1-32 words "
+                                             "(default: the recipe's)."),
+    relation_weight: float | None = typer.Option(None, "--relation-weight", help="Encoders: weight of the batch similarity-matrix "
+                                                 "loss (default: the recipe's)."),
     data: str | None = typer.Option(None, "--data", help="Training text: a corpus name (english: `anyshape corpus build`) or a "
                                                          "text / JSON-lines FILE or DIR; default: the builtin corpus's calibration pool."),
     num_train: int = typer.Option(256, "--num-train", help="Training sequences (decoders) or sentences (encoders)."),
@@ -110,6 +114,7 @@ def train_command(
     config = FinetuneConfig(
         adapter=adapter_config, steps=steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
         data=data, num_random=num_random, teacher=teacher, task_weight=task_weight,
+        **{k: v for k, v in (("short_spans", short_spans), ("relation_weight", relation_weight)) if v is not None},
         balance=balance, grad_scale="mlfs" if mlfs else "none", seed=seed, checkpoint_every=checkpoint_every,
         guard=not no_guard, num_val=num_val, eval_every=eval_every, guard_tasks=guard_task_specs(guard_task),
     )

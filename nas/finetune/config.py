@@ -97,6 +97,10 @@ class FinetuneConfig:
     seq_len: int = field(default=0, metadata={"help": "tokens per sequence; 0 = the supernet's calibration seq_len"})
     data: str | None = field(default=None, metadata={"help": "training text: a builtin corpus name (stdlib-docs, english) or a "
                                                              "text / JSON-lines file or folder; default the builtin corpus"})
+    short_spans: float = field(default=0.5, metadata={"help": "encoders: share of the training sentences cut to a span of "
+                                                              "1-32 words, so that word and query embeddings are distilled too"})
+    relation_weight: float = field(default=1.0, metadata={"help": "encoders: weight of the relational loss (squared error of "
+                                                                  "the batch's cosine-similarity matrix against the base's)"})
     num_random: int = field(default=2, metadata={"help": "random shapes per step besides the largest and smallest (n)"})
     teacher: str = field(default="base", metadata={"help": f"one of {TEACHERS}: what the students distill from"})
     task_weight: float = field(default=0.0, metadata={"help": "decoders, teacher base: weight of the next-token loss "
@@ -151,6 +155,8 @@ class FinetuneConfig:
         if self.seq_len != 0:
             _check_int("finetune", "seq_len", self.seq_len, 8, 8192)
         _check_int("finetune", "num_random", self.num_random, 0, 64)
+        _check_float("finetune", "short_spans", self.short_spans, 0.0, 1.0)
+        _check_float("finetune", "relation_weight", self.relation_weight, 0.0, 1e3)
         _check_float("finetune", "balance_min", self.balance_min, 0.0, 1e6)
         if self.grad_scale not in GRAD_SCALES:
             raise AnyshapeError(f"finetune grad_scale is {self.grad_scale!r}; allowed: {', '.join(GRAD_SCALES)}")
@@ -173,4 +179,5 @@ class FinetuneConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise AnyshapeError(f"finetune config has unknown fields {unknown}")
-        return cls(**dict(data))
+        # a record without these fields was trained without them
+        return cls(**{"short_spans": 0.0, "relation_weight": 0.0, **dict(data)})

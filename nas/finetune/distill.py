@@ -112,13 +112,20 @@ def kl_loss(logits: torch.Tensor, teacher: torch.Tensor, batch: Batch) -> torch.
     return F.kl_div(student, target, log_target=True, reduction="batchmean")
 
 
-def embedding_loss(hidden: torch.Tensor, target: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Encoders: ``1 - cos`` of mean-pooled embeddings plus relative hidden MSE over real tokens."""
+def embedding_loss(hidden: torch.Tensor, target: torch.Tensor, batch: Batch, relation_weight: float = 0.0) -> torch.Tensor:
+    """Encoders: ``1 - cos`` of mean-pooled embeddings plus relative hidden MSE over real tokens, plus
+    ``relation_weight`` times the mean squared error of the batch's cosine-similarity matrix against
+    the base's (what similarity search and clustering read from the embeddings)."""
     mask = batch["attention_mask"]
-    cos = F.cosine_similarity(mean_pool(hidden, mask), mean_pool(target, mask), dim=-1)
+    student, teacher = mean_pool(hidden, mask), mean_pool(target, mask)
+    cos = F.cosine_similarity(student, teacher, dim=-1)
     valid = mask.bool()
     mse = ((hidden - target)[valid] ** 2).sum() / (target[valid] ** 2).sum()
-    return (1.0 - cos).mean() + mse
+    loss = (1.0 - cos).mean() + mse
+    if relation_weight and student.shape[0] > 1:
+        s, t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
+        loss = loss + relation_weight * ((s @ s.T - t @ t.T) ** 2).mean()
+    return loss
 
 
 # ---- one step --------------------------------------------------------------------------------
@@ -176,7 +183,7 @@ def sandwich_step(model: nn.Module, family: ModelFamily, supernet: Supernet, smo
             loss_ref = task
         magnitude = task.detach().item()
     else:
-        loss_ref = embedding_loss(out, base, batch)
+        loss_ref = embedding_loss(out, base, batch, config.relation_weight)
         magnitude = loss_ref.detach().item()
     losses["largest"] = loss_ref.detach().item()
     target = base if config.teacher == "base" else out.detach()
@@ -186,7 +193,7 @@ def sandwich_step(model: nn.Module, family: ModelFamily, supernet: Supernet, smo
     full = block_params(supernet.space, largest)
     for i, shape in enumerate(students):
         out = forward_shape(model, family, supernet, smol, shape, batch, noise)
-        loss = kl_loss(out, target, batch) if decoder else embedding_loss(out, target, batch)
+        loss = kl_loss(out, target, batch) if decoder else embedding_loss(out, target, batch, config.relation_weight)
         value = loss.detach().item()
         losses["smallest" if i == 0 else f"random{i}"] = value
         scaled = loss

@@ -289,30 +289,35 @@ def training_data(model_path: Path, family: Any, supernet: Any, config: Finetune
                   vocab: int) -> tuple[list[Batch], list[Batch], dict[str, Any]]:
     """Training and validation batches from the calibration pool (or ``config.data``), never the held-out pool.
 
-    ``num_train + num_val`` sequences are drawn; the last ``num_val`` are the guard's validation
-    rows, which no step trains on.
+    ``num_train + num_val`` sequences are drawn; ``num_val`` rows spread evenly over them (passages
+    and short spans alike) are the guard's validation rows, which no step trains on. Batches carry
+    no padding column that none of their rows uses.
     """
     from nas.supernet.calibration import CalibrationConfig, prepare_data
-    from nas.supernet.evaluate import iter_batches
+    from nas.supernet.evaluate import iter_batches, trim_padding
 
     base = dict(supernet.build_config.get("calibration") or {})
     seq_len = config.seq_len or int(base.get("seq_len") or 128)
     from nas.supernet.data import KNOWN_CORPORA
 
     text = {"corpus": config.data} if config.data in KNOWN_CORPORA else {"calib_text": config.data}
+    spans = config.short_spans if family.kind == "encoder" else 0.0
     calib = CalibrationConfig(**text, num_calib=config.num_train + config.num_val, num_heldout=1,
-                              seq_len=seq_len, batch_size=config.batch_size, seed=config.seed)
+                              seq_len=seq_len, batch_size=config.batch_size, seed=config.seed, short_spans=spans)
     data = prepare_data(model_path, family, calib, vocab, text_option="--data")
     rows = {k: torch.cat([b[k] for b in data.calib]) for k in data.calib[0]}
     n = next(iter(rows.values())).shape[0]
     if n <= config.num_val:
         raise AnyshapeError(f"the training text gives {n} sequences of {seq_len} tokens, not more than the "
                             f"{config.num_val} validation ones (--num-val); give more text or a smaller --num-val")
-    train = {k: v[: n - config.num_val] for k, v in rows.items()}
-    val = {k: v[n - config.num_val:] for k, v in rows.items()}
+    held = torch.zeros(n, dtype=torch.bool)
+    held[torch.linspace(0, n - 1, config.num_val).round().long()] = True
+    train = {k: v[~held] for k, v in rows.items()}
+    val = {k: v[held] for k, v in rows.items()}
     record = {k: data.record[k] for k in ("corpus", "seed", "seq_len", "calib_tokens", "calib_sha256")}
-    record.update(num_calib=n - config.num_val, num_val=config.num_val)
-    return list(iter_batches(train, config.batch_size)), list(iter_batches(val, config.batch_size)), record
+    record.update(num_calib=int((~held).sum()), num_val=int(held.sum()), short_spans=spans)
+    return ([trim_padding(b) for b in iter_batches(train, config.batch_size)],
+            [trim_padding(b) for b in iter_batches(val, config.batch_size)], record)
 
 
 def heldout_data(model_path: Path, family: Any, supernet: Any, vocab: int) -> list[Batch]:

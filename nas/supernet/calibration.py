@@ -35,6 +35,8 @@ class CalibrationConfig:
     seq_len: int = field(default=128, metadata={"help": "tokens per sequence (decoders) or at most per sentence (encoders)"})
     batch_size: int = field(default=16, metadata={"help": "rows per forward pass"})
     seed: int = field(default=0, metadata={"help": "seed of the sampling of sequences"})
+    short_spans: float = field(default=0.0, metadata={"help": "encoders: share of the calibration sentences cut to a span of "
+                                                              "1-32 words (words and queries beside passages)"})
 
     def __post_init__(self) -> None:
         if self.calib_text is not None and self.calib_dataset is not None:
@@ -47,6 +49,8 @@ class CalibrationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise AnyshapeError(f"calibration {name} is {value!r}; allowed range {low}..{high}")
+        if isinstance(self.short_spans, bool) or not isinstance(self.short_spans, (int, float)) or not 0 <= self.short_spans <= 1:
+            raise AnyshapeError(f"calibration short_spans is {self.short_spans!r}; allowed range 0..1")
 
     @property
     def corpus_name(self) -> str:
@@ -97,7 +101,7 @@ def prepare_data(model_path: Path, family: ModelFamily, config: CalibrationConfi
         calib = _windows(tokenizer, [d.text for d in calib_docs], config.num_calib, config.seq_len, config.seed, vocab_size)
         heldout = _windows(tokenizer, [d.text for d in heldout_docs], config.num_heldout, config.seq_len, config.seed + 1, vocab_size)
     else:
-        calib = _sentences(tokenizer, calib_docs, config.num_calib, config.seq_len, config.seed, vocab_size)
+        calib = _sentences(tokenizer, calib_docs, config.num_calib, config.seq_len, config.seed, vocab_size, config.short_spans)
         heldout = _sentences(tokenizer, heldout_docs, config.num_heldout, config.seq_len, config.seed + 1, vocab_size)
     record = {
         "corpus": config.corpus_name,
@@ -105,6 +109,7 @@ def prepare_data(model_path: Path, family: ModelFamily, config: CalibrationConfi
                   "calib_documents": len(calib_docs), "heldout_documents": len(heldout_docs)},
         "seed": config.seed,
         "seq_len": config.seq_len,
+        **({"short_spans": config.short_spans} if config.short_spans else {}),
         "num_calib": int(calib["input_ids"].shape[0]),
         "num_heldout": int(heldout["input_ids"].shape[0]),
         "calib_tokens": int(calib["attention_mask"].sum()),
@@ -146,8 +151,11 @@ def _windows(tokenizer: Any, texts: list[str], count: int, seq_len: int, seed: i
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
-def _sentences(tokenizer: Any, docs: list[corpus.Document], count: int, seq_len: int, seed: int, vocab_size: int) -> dict[str, torch.Tensor]:
+def _sentences(tokenizer: Any, docs: list[corpus.Document], count: int, seq_len: int, seed: int, vocab_size: int,
+               short_spans: float = 0.0) -> dict[str, torch.Tensor]:
     texts = corpus.sample_segments(docs, count, seed=seed, max_chars=seq_len * 8)
+    if short_spans:
+        texts = corpus.short_spans(texts, short_spans, seed=seed)
     enc = tokenizer(texts, padding="longest", truncation=True, max_length=seq_len, return_tensors="pt")
     inputs = {k: v.to(torch.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     _check_vocab(inputs["input_ids"], vocab_size)

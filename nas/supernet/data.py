@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -206,6 +207,30 @@ def sample_segments(docs: Sequence[Document], count: int, *, seed: int, max_char
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     return [docs[i].text[:max_chars] for i in order[: min(count, len(docs))]]
+
+
+#: Longest span of :func:`short_spans`, in words.
+MAX_SPAN_WORDS = 32
+
+
+def short_spans(texts: Sequence[str], fraction: float, *, seed: int) -> list[str]:
+    """``texts`` with the last ``fraction`` of them cut to a seeded span of 1 to :data:`MAX_SPAN_WORDS`
+    words (log-uniform), so that words, queries and sentences are seen beside passages.
+
+    The short texts come last so that batches of them are short too (see :func:`trim_padding`).
+    """
+    rng = random.Random(seed)
+    keep = len(texts) - round(len(texts) * fraction)
+    out = list(texts[:keep])
+    for text in texts[keep:]:
+        words = text.split()
+        if not words:
+            out.append(text)
+            continue
+        n = min(len(words), round(math.exp(rng.uniform(0.0, math.log(MAX_SPAN_WORDS)))))
+        start = rng.randrange(len(words) - n + 1)
+        out.append(" ".join(words[start:start + n]))
+    return out
 
 
 def texts_sha256(texts: Sequence[str]) -> str:

@@ -238,6 +238,15 @@ class _skip_layers:
             setattr(self.model.config, name, value)
 
 
+def trim_padding(batch: Batch) -> Batch:
+    """``batch`` without the padding columns no row of it uses (right padding): the same outputs, less work."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2 or not bool((mask[:, :-1] >= mask[:, 1:]).all()):
+        return batch  # no mask, or not right-padded: nothing to trim safely
+    width = int(mask.sum(dim=1).max())
+    return {k: v[:, :width] if v.dim() >= 2 and v.shape[1] == mask.shape[1] else v for k, v in batch.items()}
+
+
 def iter_batches(inputs: dict[str, torch.Tensor], batch_size: int) -> Iterator[Batch]:
     """Split stacked model inputs into batches of ``batch_size`` rows."""
     n = next(iter(inputs.values())).shape[0]
