@@ -47,7 +47,8 @@ def test_budget_is_recorded_where_optuna_tools_read_it(budget_study):
         slack = t.user_attrs["latency_slack_ms"]
         assert slack == pytest.approx(t.user_attrs["predicted_latency_ms"] - BUDGET, abs=1e-5)
         assert t.user_attrs["feasible"] == (slack <= 0)
-        assert t.system_attrs["constraints"] == [pytest.approx(slack)]  # the list optuna-dashboard reads
+        assert t.system_attrs["constraints"] == [pytest.approx(slack, abs=1e-5)]  # the list optuna-dashboard reads
+        assert t.system_attrs["constraints:latency_budget_ms"] == pytest.approx(slack, abs=1e-5)  # Optuna 5's own
     assert {t.number for t in study.best_trials} == feasible_front(study)
     assert all(t.user_attrs["feasible"] for t in pareto_trials(study))
 
@@ -149,3 +150,34 @@ def test_dashboard_reads_the_study(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_export_plots_show_budget_feasibility_step_front_and_hover(budget_study, tmp_path):
+    import re
+
+    from nas.search import export_study
+
+    exported = export_study(budget_study, "s", tmp_path / "out")
+    png, page = exported.plots
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    text = page.read_text()
+    assert "Plotly.newPlot" in text and "<script src=" not in text and len(text) > 1_000_000  # plotly.js inline: works offline
+    assert "infeasible trials (over a budget)" in text and f"budget {BUDGET:g} ms" in text and '"shape":"hv"' in text
+    for path in exported.configs:  # every exported config is named in some point's hover
+        assert path.name in text
+    assert re.search(r"over budget: latency_budget_ms \+[0-9.]+", text)
+
+
+def test_plot_front_is_a_step_and_html_falls_back_without_plotly(budget_study, tmp_path, monkeypatch):
+    from nas.search.export import PlotData, write_plots
+
+    study = load_study(budget_study, "s")
+    front = pareto_trials(study)
+    data = PlotData.of(study, front, "fake_score", {})
+    xs, ys = data.step()
+    assert len(xs) == 2 * len(front) - 1 and xs == sorted(xs)
+    assert all(ys[2 * i + 1] == ys[2 * i] for i in range(len(front) - 1))  # horizontal first, then the next shape's value
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
+    tmp_path.mkdir(exist_ok=True)
+    _, page = write_plots(study, front, tmp_path, "fake_score")
+    assert "<svg" in page.read_text() and "pip install 'anyshape[dashboard]'" in page.read_text()

@@ -14,11 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nas.errors import AnyshapeError
-
-
-def is_feasible(trial: Any) -> bool:
-    """Feasible as Optuna defines it: every constraint value (either storage format) is at most 0."""
-    return all(value <= 0.0 for value in trial.constraints.values())
+from nas.search.export import is_feasible, load_storage
 
 
 def _feasible_front(original: Any) -> Any:
@@ -36,8 +32,6 @@ def dashboard_app(storage: str) -> Any:
     """The optuna-dashboard WSGI app on ``storage``, its best trials restricted to feasible ones."""
     import optuna_dashboard
     from optuna_dashboard import _app
-
-    from nas.search.export import load_storage
 
     original = getattr(_app, "get_pareto_front_trials", None)
     if original is None:

@@ -2,11 +2,10 @@
 
 Objectives: the accuracy metric (its own direction) and predicted latency for the workload
 (minimised), optionally memory (weights + KV cache, minimised). Budgets are constraints: every
-trial records its slack (``latency_slack_ms``, ``memory_slack_mb``: value minus budget, feasible
-at or below 0) and ``feasible`` as user attributes, and the sampler's ``constraints_func`` reads
-them, so they land in ``system_attrs["constraints"]``, the place every Optuna tool reads
-(``study.best_trials``, samplers, ``plot_pareto_front``, and optuna-dashboard, which reads no
-other). Every trial also records its shape, predicted latency, the latency table's source and
+trial sets them with ``trial.set_constraint`` (Optuna 5: samplers, ``study.best_trials``) and
+mirrors them in ``system_attrs["constraints"]``, the pre-5 list that optuna-dashboard reads (and
+no other); it also records its slack (``latency_slack_ms``, ``memory_slack_mb``: value minus
+budget, feasible at or below 0) and ``feasible`` as user attributes. Every trial also records its shape, predicted latency, the latency table's source and
 the supernet hash, which optuna-dashboard shows. Studies live in any SQLAlchemy URL; the default is a SQLite file under ``studies/``.
 
 Resume and workers: re-running the same command continues the study until it holds
@@ -275,25 +274,18 @@ def _check_same_calibration(stored: Any, mine: Any) -> None:
         )
 
 
-#: User attributes that hold a trial's budget slack (value minus budget), in constraint order.
-SLACK_ATTRS = ("latency_slack_ms", "memory_slack_mb")
-
-
-def trial_constraints(trial: Any) -> tuple[float, ...]:
-    """The sampler's ``constraints_func``: the trial's budget slacks (feasible when every one is <= 0)."""
-    return tuple(float(trial.user_attrs[k]) for k in SLACK_ATTRS if k in trial.user_attrs)
-
-
 def make_sampler(config: SearchConfig, worker: int = 0) -> Any:
     import optuna
 
     seed = config.seed + 1009 * worker  # workers explore differently; worker 0 reproduces a one-worker run
-    budgets = config.latency_budget_ms is not None or config.memory_budget_mb is not None
-    constraints = trial_constraints if budgets else None
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, config.trials),
-                                          constraints_func=constraints)
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.population_size, constraints_func=constraints)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, config.trials))
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.population_size)
+
+
+#: Where optuna-dashboard (0.21) reads a trial's constraints: the pre-Optuna-5 list, which the
+#: search mirrors beside Optuna 5's named constraints.
+DASHBOARD_CONSTRAINTS_KEY = "constraints"
 
 
 def make_objective(config: SearchConfig, problem: SearchProblem, study: Any) -> Callable[[Any], tuple[float, ...]]:
@@ -322,15 +314,17 @@ def make_objective(config: SearchConfig, problem: SearchProblem, study: Any) -> 
         trial.set_user_attr("latency_source", problem.latency.source)
         trial.set_user_attr("memory_mb", round(memory, 3))
         trial.set_user_attr("supernet_sha256", problem.supernet_sha256)
-        slack = {}
+        slack = {}  # constraint name -> (user attribute, value minus budget)
         if config.latency_budget_ms is not None:
-            slack["latency_slack_ms"] = round(latency_ms - config.latency_budget_ms, 6)
+            slack["latency_budget_ms"] = ("latency_slack_ms", latency_ms - config.latency_budget_ms)
         if config.memory_budget_mb is not None:
-            slack["memory_slack_mb"] = round(memory - config.memory_budget_mb, 6)
-        for key, value in slack.items():
-            trial.set_user_attr(key, value)
+            slack["memory_budget_mb"] = ("memory_slack_mb", memory - config.memory_budget_mb)
+        for name, (attr, value) in slack.items():
+            trial.set_user_attr(attr, round(value, 6))
+            trial.set_constraint(name, value)
         if slack:
-            trial.set_user_attr("feasible", all(v <= 0 for v in slack.values()))
+            trial.set_user_attr("feasible", all(v <= 0 for _, v in slack.values()))
+            trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS_KEY, [v for _, v in slack.values()])
         values = (accuracy, latency_ms) + ((memory,) if config.memory_objective else ())
         return values
 
