@@ -7,6 +7,7 @@ Every command that runs longer than a couple of seconds shows one of the two; ``
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 import time
 from collections.abc import Iterator
@@ -20,9 +21,27 @@ def bar(total: int, desc: str, unit: str, *, initial: int = 0, enabled: bool = T
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
+#: Whether phases deep inside a library call (an ONNX export inside an extraction) are shown: the
+#: command line turns it on for the call it makes (:func:`shown`); a library user sees nothing.
+_SHOWN: contextvars.ContextVar[bool] = contextvars.ContextVar("anyshape_progress", default=False)
+
+
 @contextlib.contextmanager
-def phase(label: str, enabled: bool = True) -> Iterator[None]:
-    """``label ...`` when the phase starts and ``label: 12.3 s`` when it ends (nothing when disabled)."""
+def shown(enabled: bool) -> Iterator[None]:
+    """Within this block, :func:`phase` calls that do not say otherwise print (or not)."""
+    token = _SHOWN.set(enabled)
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
+
+
+@contextlib.contextmanager
+def phase(label: str, enabled: bool | None = None) -> Iterator[None]:
+    """``label ...`` when the phase starts and ``label: 12.3 s`` when it ends (nothing when disabled;
+    ``None``: as the enclosing :func:`shown` block says)."""
+    if enabled is None:
+        enabled = _SHOWN.get()
     if not enabled:
         yield
         return

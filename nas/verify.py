@@ -70,10 +70,13 @@ def verify(
     studies_dir: str | Path = "studies",
     protocol: Any = None,
     tables_root: str | Path = "latency_tables",
+    progress: bool = False,
 ) -> VerifyResult:
-    """Extract, measure accuracy and latency on this device, and record them beside the prediction."""
+    """Extract, measure accuracy and latency on this device, and record them beside the prediction
+    (``progress``: a timed line per phase on stderr)."""
     import torch
 
+    from nas._progress import phase
     from nas.modeling import load_model
     from nas.supernet.calibration import CalibrationConfig, prepare_data
     from nas.supernet.cut import extract_from_supernet, load_supernet_for
@@ -93,11 +96,12 @@ def verify(
 
     with tempfile.TemporaryDirectory(prefix="anyshape-verify-") as scratch:
         target = Path(out) if out is not None else Path(scratch) / "checkpoint"
-        extract_from_supernet(config.supernet.path, shape, target, config=config, overwrite=out is not None)
-        base, family = load_model(source_model)
-        calibration = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
-        data = prepare_data(source_model.path, family, calibration, int(source_model.config_dict().get("vocab_size") or 1 << 62))
-        with torch.no_grad():
+        with phase("verify: extract the subnet", progress):
+            extract_from_supernet(config.supernet.path, shape, target, config=config, overwrite=out is not None)
+        with phase("verify: held-out accuracy", progress), torch.no_grad():
+            base, family = load_model(source_model)
+            calibration = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
+            data = prepare_data(source_model.path, family, calibration, int(source_model.config_dict().get("vocab_size") or 1 << 62))
             evaluator = SubnetEvaluator(base, family, supernet.space, data.heldout)
             extracted, _ = load_model(str(target))
             metric = "perplexity" if family.kind == "decoder" else "cosine"
@@ -112,7 +116,8 @@ def verify(
         model = live_model() if calibrated else table_model(predicted_entry.get("table") or source,
                                                             predicted_entry.get("tables_root") or tables_root)
         measure_with = protocol or model.protocol
-        measurement = measure_latency(source_model, family, shape, workload, runtime, kind, measure_with)
+        with phase(f"verify: latency on this {kind} ({runtime}, {workload.name}, protocol {measure_with.name})", progress):
+            measurement = measure_latency(source_model, family, shape, workload, runtime, kind, measure_with)
 
     objectives = _deep_copy(config.objectives)
     accuracy = objectives.setdefault("accuracy", {})

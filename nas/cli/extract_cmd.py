@@ -21,9 +21,18 @@ def extract_command(
     shape: str | None = typer.Option(None, "--shape", help="Shape as inline JSON or a JSON/YAML file."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx and check it against torch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists (only after success)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (and no progress)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No phase lines on stderr (the ONNX export and check)."),
 ) -> None:
     """Cut a subnet out of its base model into a plain Hugging Face directory."""
+    from nas._progress import shown
+
+    with shown(not (as_json or no_progress)):
+        _extract(config, out, model, supernet, shape, onnx, overwrite, as_json)
+
+
+def _extract(config: Path | None, out: Path, model: str | None, supernet: Path | None, shape: str | None, onnx: bool,
+             overwrite: bool, as_json: bool) -> None:
     from nas.api import extract_config, extract_shape, extract_supernet_shape
 
     if config is not None:

@@ -126,12 +126,13 @@ def verify_command(
     runtime: str = typer.Option(..., "--runtime", help="torch | onnxruntime"),
     out: Path | None = typer.Option(None, "--out", help="Keep the extracted checkpoint here (default: a temporary folder)."),
     storage: str | None = typer.Option(None, "--storage", help="Study storage URL (default: the study's SQLite file)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (and no progress)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No phase lines on stderr."),
 ) -> None:
     """Extract a config, measure its real accuracy and latency here, and record them beside the prediction."""
     from nas.verify import verify
 
-    result = verify(config, device, runtime, out=out, storage=storage)
+    result = verify(config, device, runtime, out=out, storage=storage, progress=not (as_json or no_progress))
     if as_json:
         print_json({k: (str(v) if isinstance(v, Path) else v) for k, v in result.__dict__.items()} | {"latency_error": result.latency_error})
         return
