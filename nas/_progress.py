@@ -38,15 +38,18 @@ def shown(enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def phase(label: str, enabled: bool | None = None) -> Iterator[None]:
-    """``label ...`` when the phase starts and ``label: 12.3 s`` when it ends (nothing when disabled;
-    ``None``: as the enclosing :func:`shown` block says)."""
+    """A phase a user sees: ``label: 12.3 s`` when it ends, and on a terminal also ``label ...`` when
+    it starts. A log or pipe gets no start line, so a phase that fails on bad input leaves the
+    error as the one line there. Nothing when disabled (``None``: as the enclosing :func:`shown`
+    block says)."""
     if enabled is None:
         enabled = _SHOWN.get()
     if not enabled:
         yield
         return
-    sys.stderr.write(f"{label} ...\n")
-    sys.stderr.flush()
+    if sys.stderr.isatty():
+        sys.stderr.write(f"{label} ...\n")
+        sys.stderr.flush()
     start = time.perf_counter()
     yield
     sys.stderr.write(f"{label}: {time.perf_counter() - start:.1f} s\n")

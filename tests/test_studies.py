@@ -51,7 +51,7 @@ def write(path: Path, text: str) -> Path:
         ("- a\n- b\n", "must be a mapping"),
         ("supernet: x\ndevice: d\nruntime: torch\n", "lacks trials"),
         ("supernet: x\ndevice: d\nruntime: torch\ntrials: 5\nsurprise: 1\n", "unknown keys ['surprise']"),
-        ("supernet: x\ndevice: d\nruntime: torch\ntrials: many\n", "trials is 'many', not a int"),
+        ("supernet: x\ndevice: d\nruntime: torch\ntrials: many\n", "trials is 'many', not an integer"),
         ("supernet: nowhere\ndevice: cpu-x-2c\nruntime: torch\ntrials: 5\n", "no supernet directory"),
         ("factory: nas.search.testing:fake_problem\nsupernet: x\ndevice: cpu-x-2c\nruntime: torch\ntrials: 5\n", "custom factory"),
         ("supernet: [unclosed\n", "not readable YAML"),

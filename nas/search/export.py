@@ -40,16 +40,9 @@ def pareto_trials(study: Any) -> list[Any]:
 
 def load_storage(storage: str) -> Any:
     """The Optuna storage of an existing study database (a SQLite file that is not there is an error)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from nas.search.run import db_url, make_storage, sqlite_file
 
-    from nas.search.run import make_storage, sqlite_file
-
-    try:
-        parsed = make_url(storage)
-    except ArgumentError:
-        raise AnyshapeError(f"--storage {storage!r} is not a database URL (like sqlite:///path.db or postgresql://host/db)") from None
-    path = sqlite_file(parsed)
+    path = sqlite_file(db_url(storage))
     if path and not Path(path).is_file():
         raise AnyshapeError(f"no study storage at {path}; run anyshape search first or pass --storage")
     return make_storage(storage, heartbeat=False)

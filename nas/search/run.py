@@ -80,6 +80,8 @@ class SearchConfig:
         if ":" not in self.factory:
             raise AnyshapeError(f"search factory {self.factory!r} must be 'module:function'")
         check_device_slug(self.device)
+        if self.storage:  # a bad URL is refused before the set-up loads anything
+            db_url(self.storage, "--storage", "sqlite:///path.db")
 
     @property
     def storage_url(self) -> str:
@@ -143,15 +145,20 @@ def build_problem(config: SearchConfig) -> SearchProblem:
     return factory(config)
 
 
-def parse_db_url(url: str, option: str, example: str) -> Any:
-    """A SQLAlchemy URL, or a one-line error; a SQLite file's folder is created."""
+def db_url(url: str, option: str = "--storage", example: str = "sqlite:///path.db") -> Any:
+    """A SQLAlchemy URL, or a one-line error naming the option."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except ArgumentError:
         raise AnyshapeError(f"{option} {url!r} is not a database URL (like {example} or postgresql://host/db)") from None
+
+
+def parse_db_url(url: str, option: str, example: str) -> Any:
+    """A SQLAlchemy URL, or a one-line error; a SQLite file's folder is created."""
+    parsed = db_url(url, option, example)
     path = sqlite_file(parsed)
     if path:
         try:

@@ -40,6 +40,7 @@ STUDY_KEYS: dict[str, type | tuple[type, ...]] = {
     "factory": str, "factory_args": dict,
 }
 REQUIRED_KEYS = ("supernet", "device", "runtime", "trials")
+_KIND_WORDS: dict[Any, str] = {str: "a string", int: "an integer", bool: "true or false", dict: "a mapping"}
 #: Keys of a supernet search that a study with its own ``factory`` (a custom search problem) does not take.
 SUPERNET_KEYS = ("supernet", "model", "metric", "calibration", "tables", "table")
 
@@ -113,7 +114,7 @@ def load_study_file(path: str | Path, *, storage: str | None = None, workers: in
     for key, value in data.items():
         kind = STUDY_KEYS[key]
         if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
-            raise AnyshapeError(f"study file {path}: {key} is {value!r}, not a {getattr(kind, '__name__', 'number')}")
+            raise AnyshapeError(f"study file {path}: {key} is {value!r}, not {_KIND_WORDS.get(kind, 'a number')}")
     here = path.parent.absolute()
 
     def local(value: str) -> Path:
