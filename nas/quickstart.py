@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,11 @@ class QuickstartResult:
     def speedup(self) -> float:
         return self.full_latency_ms / self.measured_latency_ms
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: paths as strings, the speed-up included."""
+        data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        return {**data, "speedup": self.speedup}
+
 
 def run_quickstart(
     out: str | Path = "studies/quickstart",
@@ -78,8 +83,10 @@ def run_quickstart(
     seed: int = 0,
     calibration_shapes: int = 10,
     say: Callable[[str], None] = lambda message: None,
+    progress: bool = True,
 ) -> QuickstartResult:
-    """Run the pipeline end to end; ``say`` receives one line per stage (``calibration_shapes``: K of the calibration)."""
+    """Run the pipeline end to end; ``say`` receives one line per stage (``calibration_shapes``: K of the
+    calibration); ``progress``: bars and phase lines on stderr for the stages that take more than a moment."""
     from nas.predictor.api import predictor_for
     from nas.predictor.calibration import calibrate, is_calibrated
     from nas.search.export import export_study, load_study, pareto_trials
@@ -98,18 +105,18 @@ def run_quickstart(
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    supernet_dir = _supernet(model, out / "supernet", say)
+    supernet_dir = _supernet(model, out / "supernet", say, progress)
     supernet = Supernet.load(supernet_dir)
     seconds["supernet"] = time.perf_counter() - t
 
     t = time.perf_counter()
     from profilers.tables import find_tables_root
 
-    tables_root, table_name, prior = _table(model, device, runtime, find_tables_root(tables), out, say)
+    tables_root, table_name, prior = _table(model, device, runtime, find_tables_root(tables), out, say, progress)
     seconds["table"] = time.perf_counter() - t
     t = time.perf_counter()
     calibration = calibrate(device, runtime, model, tables_root=tables_root, table=table_name, prior=prior, workloads=[workload],
-                            shapes=calibration_shapes, seed=seed, say=say).record
+                            shapes=calibration_shapes, seed=seed, say=say, progress=progress).record
     summary = calibration.workloads[workload.name].summary()
     say(f"calibrated against {calibration.prior.get('label')}: prediction error on the {summary['k']} shapes timed here "
         f"{summary['mape_before']:.1%} before, {summary['mape_after_loo']:.1%} after (leave-one-out)")
@@ -137,7 +144,7 @@ def run_quickstart(
     )
     say(f"search: {trials} trials, NSGA-II, latency budget {budget_ms:g} ms ({budget_fraction:.0%} of the full model's prediction)")
     t = time.perf_counter()
-    run_search(config, progress=True)
+    run_search(config, progress=progress)
     seconds["search"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -152,7 +159,7 @@ def run_quickstart(
 
     t = time.perf_counter()
     checkpoint = out / "best"
-    result = verify(best_config, device, runtime, out=checkpoint, storage=config.storage_url)
+    result = verify(best_config, device, runtime, out=checkpoint, storage=config.storage_url, progress=progress)
     from nas.hub import resolve_model
     from nas.modeling import load_model
 
@@ -178,7 +185,7 @@ def run_quickstart(
 SHIPPED_SUPERNETS = {"minilm": Path(__file__).resolve().parent / "assets" / "minilm-supernet"}
 
 
-def _supernet(model: str, path: Path, say: Callable[[str], None]) -> Path:
+def _supernet(model: str, path: Path, say: Callable[[str], None], progress: bool) -> Path:
     """The shipped trained supernet of ``model`` (copied to ``path``), else ``path`` when it is a supernet
     of these base weights, else a newly built one."""
     from nas._io import atomic_directory
@@ -211,7 +218,7 @@ def _supernet(model: str, path: Path, say: Callable[[str], None]) -> Path:
         say(f"supernet: reusing {path}")
         return path
     say(f"supernet: calibrating {model} (depth DP and width orders; not fine-tuned: see anyshape supernet train)")
-    build_supernet(model, path, overwrite=True, progress=True)
+    build_supernet(model, path, overwrite=True, progress=progress)
     return path
 
 
@@ -236,7 +243,8 @@ def _task_scores(supernet_dir: Path, kind: str, shape: Any, say: Callable[[str],
     return scores
 
 
-def _table(model: str, device: str, runtime: str, tables: Path, out: Path, say: Callable[[str], None]) -> tuple[Path, str, str]:
+def _table(model: str, device: str, runtime: str, tables: Path, out: Path, say: Callable[[str], None],
+           progress: bool) -> tuple[Path, str, str]:
     """Where the prior comes from: (tables root, table name, ``calibrate``'s prior).
 
     The committed table for this machine if it loads; else, on a CPU kind with no table, every
@@ -269,5 +277,5 @@ def _table(model: str, device: str, runtime: str, tables: Path, out: Path, say: 
     local = out / "latency_tables"
     if not (local / device / runtime / f"{name}.csv").is_file():
         grid = GridConfig(phases=("prefill",), ffn_steps=QUICK_GRID["ffn_steps"], whole_model_samples=QUICK_GRID["whole_model_samples"])
-        profile(model, device, runtime, local, grid=grid, progress=True)
+        profile(model, device, runtime, local, grid=grid, progress=progress)
     return local, name, "table"

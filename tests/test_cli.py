@@ -175,6 +175,23 @@ def test_serve_without_the_service_extra_names_it(capsys, monkeypatch, module):
         f"anyshape: error: this needs the optional package {module}, which is not installed: pip install 'anyshape[service]'"]
 
 
+@pytest.mark.parametrize(("module", "extra", "argv"), [
+    ("optuna_dashboard", "dashboard", ["dashboard", "--storage", "sqlite:///{tmp}/s.db", "--port", "0"]),
+    ("psycopg", "postgres", ["export", "--study", "s", "--storage", "postgresql://postgres@127.0.0.1:5432/test"]),
+])
+def test_every_missing_extra_is_one_line_naming_it(capsys, monkeypatch, tmp_path, module, extra, argv):
+    """The dashboard without [dashboard], a PostgreSQL storage without [postgres]: one line naming the extra."""
+    import sys
+
+    for name in [m for m in sys.modules if m == module or m.startswith(f"{module}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip().splitlines() == [
+        f"anyshape: error: this needs the optional package {module}, which is not installed: pip install 'anyshape[{extra}]'"]
+
+
 def test_other_missing_modules_stay_bugs(monkeypatch):
     from nas.errors import missing_extra
 

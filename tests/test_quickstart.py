@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -9,7 +12,7 @@ from nas.quickstart import run_quickstart
 
 
 @pytest.mark.slow
-def test_quickstart_end_to_end(tmp_path, gensim_wheel):
+def test_quickstart_end_to_end(tmp_path, gensim_wheel, capsys):
     lines: list[str] = []
     result = run_quickstart(tmp_path / "qs", trials=6, calibration_shapes=4, say=lines.append)
     assert result.pareto_configs >= 1 and result.best_config.is_file()
@@ -31,3 +34,11 @@ def test_quickstart_end_to_end(tmp_path, gensim_wheel):
     # a second run reuses the supernet and replaces the study
     again = run_quickstart(tmp_path / "qs", trials=4, calibration_shapes=3, say=lines.append)
     assert again.trials == 4 and any("reusing" in line for line in lines)
+    # --json: one JSON document on stdout, nothing of the stages on stderr
+    from nas.cli import main
+
+    code = main(["quickstart", "--out", str(tmp_path / "qs"), "--trials", "4", "--calibration-shapes", "3", "--json"])
+    out = capsys.readouterr()
+    data = json.loads(out.out)
+    assert code == 0 and data["trials"] == 4 and data["speedup"] > 0 and Path(data["best_config"]).is_file(), out.err
+    assert "reusing" not in out.err and "search" not in out.err

@@ -15,6 +15,9 @@ def quickstart_command(
     model: str = typer.Option("minilm", "--model", help="Base model (default: the builtin MiniLM)."),
     trials: int = typer.Option(60, "--trials", help="Search trials."),
     budget: float = typer.Option(0.5, "--budget", help="Latency budget as a fraction of the full model's predicted latency."),
+    calibration_shapes: int = typer.Option(10, "--calibration-shapes", help="Whole-model shapes timed to calibrate the predictor here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (and no stage lines or progress)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or phase lines (stage lines stay)."),
 ) -> None:
     """Supernet, latency table, predictor, search, export, extract and verify: end to end on this CPU."""
     from rich.console import Console
@@ -23,7 +26,18 @@ def quickstart_command(
     from nas.quickstart import run_quickstart
 
     console = Console(stderr=True)
-    result = run_quickstart(out, model=model, trials=trials, budget_fraction=budget, say=lambda line: console.print(f"[bold]>[/bold] {line}"))
+
+    def say(line: str) -> None:
+        if not as_json:
+            console.print(f"[bold]>[/bold] {line}")
+
+    result = run_quickstart(out, model=model, trials=trials, budget_fraction=budget, say=say,
+                            calibration_shapes=calibration_shapes, progress=not (as_json or no_progress))
+    if as_json:
+        import json
+
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+        return
     table = Table(title=f"anyshape quickstart: {model} on {result.device} ({result.runtime}, {result.workload})")
     for column in ("", "shape", result.metric, "predicted ms", "measured ms", "speed-up"):
         table.add_column(column)

@@ -174,6 +174,11 @@ class PlotData:
                    front=sorted(front, key=lambda t: t.values[1]), configs=configs,
                    baselines=list(study.user_attrs.get("baselines") or []))
 
+    @property
+    def latency_label(self) -> str:
+        """The x axis: predictions, and what they come from (a measured table, a roofline estimate, ...)."""
+        return f"predicted latency, ms (predictor fit on a {self.source} table)"
+
     def step(self) -> tuple[list[float], list[float]]:
         """The front as a step: a shape's accuracy holds from its latency until the next, slower shape's."""
         xs, ys = [], []
@@ -217,7 +222,7 @@ def _figure(data: PlotData) -> Any:
     ax.plot([t.values[1] for t in data.front], [t.values[0] for t in data.front], "o", c="#1f77b4", ms=5, label="Pareto front (exported)")
     if data.budget_ms is not None:
         ax.axvline(data.budget_ms, ls="--", c="#444444", lw=1, label=f"latency budget {data.budget_ms:g} ms")
-    ax.set_xlabel(f"predicted latency, ms ({data.source})")
+    ax.set_xlabel(data.latency_label)
     ax.set_ylabel(data.metric)
     ax.set_title(data.title)
     ax.grid(alpha=0.3)
@@ -274,7 +279,7 @@ def _write_plotly_html(data: PlotData, out: Path) -> Path:
     if data.budget_ms is not None:
         fig.add_vline(x=data.budget_ms, line_dash="dash", line_color="#444444",
                       annotation_text=f"budget {data.budget_ms:g} ms", annotation_position="top left")
-    fig.update_layout(title=data.title, xaxis_title=f"predicted latency, ms ({data.source})", yaxis_title=data.metric,
+    fig.update_layout(title=data.title, xaxis_title=data.latency_label, yaxis_title=data.metric,
                       template="plotly_white", hovermode="closest", legend={"orientation": "h", "y": -0.2})
     page = fig.to_html(include_plotlyjs=True, full_html=True)  # plotly.js inline: the page works offline
     return write_text_atomic(out / "pareto.html", page)

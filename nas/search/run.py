@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from nas._io import folder_lock
 from nas._progress import bar, phase
-from nas.errors import AnyshapeError
+from nas.errors import AnyshapeError, missing_extra
 from nas.search.problem import SearchProblem, shape_key
 from nas.workload import Workload
 
@@ -205,6 +205,9 @@ def make_storage(url: str, *, heartbeat: bool = True) -> Any:
             if _lost_schema_race(e) and attempt < SCHEMA_ATTEMPTS - 1:
                 time.sleep(0.5 * (attempt + 1))  # another process created the schema meanwhile: load it
                 continue
+            cause = e if isinstance(e, ModuleNotFoundError) else e.__cause__  # Optuna wraps the driver's import error
+            if isinstance(cause, ModuleNotFoundError) and (extra := missing_extra(cause)):
+                raise AnyshapeError(extra) from None  # the database driver of an extra not installed
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AnyshapeError(f"cannot open study storage {parsed.render_as_string(hide_password=True)}: {first}") from None
     raise AssertionError("unreachable")

@@ -13,7 +13,7 @@ A study file (``studies/*.yaml``) holds what ``anyshape search`` takes as flags:
 
 Paths in the file (``supernet``, ``model`` when it is a path, ``tables``, task files of
 ``metric``) are relative to the file's folder, so a study file means the same from any working
-directory. :func:`run_batch` runs study files on N worker processes against one storage (or each
+directory; so is its default storage, ``<study>/study.db`` beside the file. :func:`run_batch` runs study files on N worker processes against one storage (or each
 study's own SQLite file); every study resumes where it stopped (Optuna's heartbeat fails a
 killed worker's running trial, and the trial is retried), so re-running a killed batch finishes
 it without losing or repeating a trial.
@@ -126,7 +126,8 @@ def load_study_file(path: str | Path, *, storage: str | None = None, workers: in
     first = text.lstrip().splitlines()[0] if text.strip() else ""
     command = first[1:].strip() if first.startswith("#") and "anyshape" in first else None
     common = dict(study=data.get("study") or path.stem, trials=data["trials"], device=data["device"], runtime=data["runtime"],
-                  storage=storage or data.get("storage"), workers=workers or data.get("workers") or 1, **options)
+                  storage=storage or data.get("storage"), workers=workers or data.get("workers") or 1,
+                  studies_dir=str(here), **options)
     if custom:
         from nas.search.run import SearchConfig
         from nas.workload import Workload
