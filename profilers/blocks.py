@@ -41,6 +41,7 @@ class BuiltBlock:
     module: nn.Module
     inputs: tuple[torch.Tensor, ...]
     input_names: tuple[str, ...]
+    output_names: tuple[str, ...] | None = None  # None: the exporter's own
 
     def __call__(self) -> Any:
         return self.module(*self.inputs)
@@ -175,13 +176,23 @@ class _EncoderModel(nn.Module):
         return self.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
 
 
+#: How a decoder's whole-model decode step is built: ``stacked`` (one tensor of past keys and one of
+#: values, the last position's logits: what torch runs in ``generate``) or ``exported`` (the graph
+#: ``anyshape extract --onnx`` writes, :class:`nas.onnx_export.CachedDecoder`: Optimum's layout with
+#: ``attention_mask``, ``position_ids``, per-layer ``past_key_values`` in and ``present`` out).
+DECODE_GRAPHS = ("stacked", "exported")
+
+
 class BlockBuilder:
     """Builds the module of each point; consecutive points with the same widths share one model."""
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", seed: int = 0):
+    def __init__(self, spec: ModelSpec, device: str = "cpu", seed: int = 0, decode_graph: str = "stacked"):
+        if decode_graph not in DECODE_GRAPHS:
+            raise ValueError(f"decode_graph is {decode_graph!r}; allowed: {', '.join(DECODE_GRAPHS)}")
         self.spec = spec
         self.device = torch.device(device)
         self.seed = seed
+        self.decode_graph = decode_graph
         self.space = spec.family.space(spec.config)
         self._cached: tuple[tuple[Any, ...], nn.Module] | None = None
 
@@ -191,12 +202,17 @@ class BlockBuilder:
     def build(self, point: BlockPoint) -> BuiltBlock:
         module = self._module(point)
         inputs, names = self._inputs(point, module)
+        if self._exported_decode(point):
+            from nas.onnx_export import cache_names
+
+            return BuiltBlock(module, inputs, names, ("logits", *cache_names(point.depth)[1]))
         return BuiltBlock(module, inputs, names)
 
     # -- modules -------------------------------------------------------------------------
 
     def _module(self, point: BlockPoint) -> nn.Module:
-        if self._cached is not None and self._cached[0] == point.model_key:
+        key = (point.model_key, self._exported_decode(point))
+        if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         if self._cached is not None:  # free the previous model (HF modules hold cycles) before building the next
             self._cached = None
@@ -206,8 +222,12 @@ class BlockBuilder:
         module = self._make_module(point).to(device=self.device, dtype=TORCH_DTYPES[point.dtype]).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        self._cached = (point.model_key, module)
+        self._cached = (key, module)
         return module
+
+    def _exported_decode(self, point: BlockPoint) -> bool:
+        return (self.decode_graph == "exported" and point.block == "whole-model" and point.phase == "decode"
+                and self.spec.family.kind == "decoder")
 
     def _make_module(self, point: BlockPoint) -> nn.Module:
         family, space = self.spec.family, self.space
@@ -215,6 +235,10 @@ class BlockBuilder:
             shape = Shape(layers=tuple(range(point.depth)), heads=point.heads, kv_heads=point.kv_heads, ffn=point.ffn)
             model = build_model(self.spec, shape.resolve(space))
             fill_random_(model, self.seed)
+            if self._exported_decode(point):
+                from nas.onnx_export import CachedDecoder
+
+                return CachedDecoder(model)
             return _DecoderModel(model) if family.kind == "decoder" else _EncoderModel(model)
         heads = point.heads or space.num_heads
         kv = point.kv_heads or space.num_kv_heads
@@ -278,6 +302,12 @@ class BlockBuilder:
         if point.block == "embed":
             return (ids(s),), ("input_ids",)
         # whole model
+        if self._exported_decode(point):
+            from nas.onnx_export import decoder_step_inputs
+
+            step = decoder_step_inputs(module.model.config, batch=b, seq_len=1, past_len=c, seed=self.seed + 1)  # type: ignore[union-attr]
+            tensors = (t.to(self.device, dtype) if t.is_floating_point() else t.to(self.device) for t in step.values())
+            return tuple(tensors), tuple(step)
         if decoder and point.phase == "decode":
             L = point.depth
             past = (rand(L, b, point.kv_heads, c, d), rand(L, b, point.kv_heads, c, d))

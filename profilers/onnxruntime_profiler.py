@@ -1,5 +1,9 @@
 """ONNX Runtime: each point's torch block is exported (dynamo exporter, fixed shapes) and run in a session.
 
+A decoder's whole-model decode step is the graph ``anyshape extract --onnx`` writes (Optimum's
+KV-cache layout, :class:`nas.onnx_export.CachedDecoder`), so a table times the step a user's ONNX
+Runtime generation runs; tables whose meta has no ``decode_graph`` timed a stacked-cache graph.
+
 CPU execution provider by default; the CUDA execution provider where onnxruntime-gpu is installed
 (inputs and outputs bound on the GPU with IOBinding, so host copies are not timed).
 Exported graphs live in a temporary directory. With several passes over the points
@@ -79,7 +83,7 @@ class OnnxRuntimeProfiler(BaseProfiler):
             path, feed = self._cache[point.key]
             return path, feed, True
         if self._builder is None or self._builder.spec is not spec:
-            self._builder = BlockBuilder(spec, device="cpu")
+            self._builder = BlockBuilder(spec, device="cpu", decode_graph="exported")
         block = self._builder.build(point)
         assert self._workdir is not None
         folder = Path(self._workdir.name)
@@ -148,7 +152,8 @@ class OnnxRuntimeProfiler(BaseProfiler):
         info = super().describe()
         info.update(onnxruntime=ort.__version__, provider=self.provider, graph_optimization="ORT_ENABLE_ALL",
                     intra_op_spinning=self.protocol.spinning,
-                    export="torch.onnx.export(dynamo=True), fixed shapes per point")
+                    export="torch.onnx.export(dynamo=True), fixed shapes per point",
+                    decode_graph="exported")  # a decoder's decode step is the graph extract --onnx writes
         return info
 
 
@@ -181,7 +186,8 @@ def export_block(block: BuiltBlock, path: Path) -> Path:
     try:
         with quiet_export():
             program = torch.onnx.export(
-                block.module, block.inputs, input_names=list(block.input_names), dynamo=True, external_data=external
+                block.module, block.inputs, input_names=list(block.input_names), dynamo=True, external_data=external,
+                output_names=list(block.output_names) if block.output_names else None,
             )
             assert program is not None
             program.save(str(path), external_data=external)

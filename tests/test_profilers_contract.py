@@ -143,3 +143,32 @@ def test_a_raw_profiler_builds_no_anchor_and_an_anchored_one_one_per_workload() 
     assert a() > 0 and a.calls >= 1
     anchored.teardown()
     assert anchored._anchors == {}  # dropped with the run
+
+
+def test_onnxruntime_times_the_decode_graph_extract_writes() -> None:
+    """A decoder's decode step on ONNX Runtime is the KV-cache graph of ``extract --onnx`` (Optimum's
+    layout), so the table times what a user's generation runs; torch keeps its stacked-cache step."""
+    from nas.families import family_for
+    from nas.onnx_export import cache_names
+    from profilers.blocks import BlockBuilder, ModelSpec
+    from profilers.onnxruntime_profiler import OnnxRuntimeProfiler
+    from profilers.testing import TINY_LLAMA
+    from profilers.workload import BlockPoint
+
+    spec = ModelSpec("tiny-llama", family_for(TINY_LLAMA), TINY_LLAMA)
+    decode = BlockPoint("whole-model", "decode", 2, 1, 16, 2, 4, 2, 64)
+    profiler = OnnxRuntimeProfiler(FAST)
+    profiler.setup()
+    try:
+        session, feed = profiler._session(spec, decode)
+        past, present = cache_names(2)
+        assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "position_ids", *past]
+        assert [o.name for o in session.get_outputs()][1:] == present
+        assert feed["attention_mask"].shape == (2, 17) and feed["past_key_values.0.key"].shape[2] == 16
+        assert profiler.measure(spec, decode).latency_ms_p50 > 0
+        prefill = BlockPoint("whole-model", "prefill", 2, 8, 0, 2, 4, 2, 64)  # same shape: the cached model is not reused
+        assert [i.name for i in profiler._session(spec, prefill)[0].get_inputs()] == ["input_ids"]
+    finally:
+        profiler.teardown()
+    assert profiler.describe()["decode_graph"] == "exported"
+    assert type(BlockBuilder(spec).build(decode).module).__name__ == "_DecoderModel"
