@@ -50,6 +50,7 @@ CELLS: dict[str, dict[str, Any]] = {
     "MLFS scaling": {"grad_scale": "mlfs"},
     "single LoRA": {"adapter": "single"},
     "lr x3": {"lr": 3e-3},
+    "constant lr": {"lr_schedule": "constant"},
     "no short spans": {"short_spans": 0.0},  # encoders only: decoders train on token windows
     "no relational loss": {"relation_weight": 0.0},  # encoders only
 }

@@ -90,6 +90,22 @@ def test_configs_round_trip_and_validate() -> None:
     assert FinetuneConfig(steps=40, eval_every=4).validation_interval == 4
 
 
+def test_lr_schedule_warms_up_then_decays_and_old_records_read_as_constant() -> None:
+    cosine = FinetuneConfig(lr=1e-3, warmup=0.1, min_lr_ratio=0.1)
+    assert cosine.lr_schedule == "cosine"
+    assert cosine.lr_at(0.05) == pytest.approx(5e-4) and cosine.lr_at(0.1) == pytest.approx(1e-3)  # linear warm-up to the peak
+    assert cosine.lr_at(0.55) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5)) and cosine.lr_at(1.0) == pytest.approx(1e-4)
+    lrs = [cosine.lr_at(p / 20) for p in range(2, 21)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # never rises after the warm-up
+    assert FinetuneConfig(lr_schedule="constant").lr_at(0.9) == 1e-3
+    record = FinetuneConfig().to_dict()
+    del record["lr_schedule"]  # trained before schedules: a constant learning rate
+    assert FinetuneConfig.from_dict(record).lr_schedule == "constant"
+    for bad, match in (({"lr_schedule": "step"}, "lr_schedule"), ({"warmup": 0.9}, "warmup"), ({"min_lr_ratio": 2.0}, "min_lr_ratio")):
+        with pytest.raises(AnyshapeError, match=match):
+            FinetuneConfig(**bad)  # type: ignore[arg-type]
+
+
 def test_guard_keeps_the_best_harmless_state_and_stops() -> None:
     from nas.finetune.train import Guard
 
@@ -225,7 +241,7 @@ def test_amplitude_keeps_the_full_shape_the_base_and_old_records_read_as_trained
     assert amps[0] == 0.0 and amps == sorted(amps) and 0 < amps[-1] < 1
     assert amps[-1] == pytest.approx(1 - block_params(sn.space, shapes["smallest"]) / block_params(sn.space, sn.space.full_shape()))
     off, _, _ = _smol(sn, config=AdapterConfig(full_is_base=False))
-    assert off.amplitude(shapes["largest"]) == 1.0 and float(off.routing(shapes["largest"]).sum()) == pytest.approx(sn.space.num_layers)
+    assert off.amplitude(shapes["largest"]) == 1.0 and float(off.routing(shapes["largest"]).sum().detach()) == pytest.approx(sn.space.num_layers)
     # a supernet trained before the field existed (no full_is_base in its record) merges as it was trained: unscaled
     record = AdapterConfig().to_dict()
     del record["full_is_base"]

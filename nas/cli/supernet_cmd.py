@@ -80,7 +80,9 @@ def train_command(
     num_train: int = typer.Option(256, "--num-train", help="Training sequences (decoders) or sentences (encoders)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per step."),
     seq_len: int = typer.Option(0, "--seq-len", help="Tokens per sequence (0: the supernet's calibration length)."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW peak learning rate."),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine (warm-up, then decay to a tenth; over the steps, or "
+                                                                     "the time of --max-minutes where that ends sooner) | constant."),
     teacher: str = typer.Option("base", "--teacher", help="What the students learn from: base (the frozen base model) | "
                                                           "largest (AmoebaLLM's in-place distillation)."),
     task_weight: float = typer.Option(0.0, "--task-weight", help="Decoders, teacher base: next-token loss weight "
@@ -112,7 +114,7 @@ def train_command(
     else:
         adapter_config = AdapterConfig(mode=adapter, num_experts=experts, rank=rank, top_k=top_k)
     config = FinetuneConfig(
-        adapter=adapter_config, steps=steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
+        adapter=adapter_config, steps=steps, max_minutes=max_minutes, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
         data=data, num_random=num_random, teacher=teacher, task_weight=task_weight,
         **{k: v for k, v in (("short_spans", short_spans), ("relation_weight", relation_weight)) if v is not None},
         balance=balance, grad_scale="mlfs" if mlfs else "none", seed=seed, checkpoint_every=checkpoint_every,

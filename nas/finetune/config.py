@@ -7,6 +7,7 @@ every checkpoint so that ``--resume`` refuses a changed run).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -21,6 +22,8 @@ TEACHERS = ("base", "largest")
 #: Loss-magnitude balancing: none; to the largest's loss (AmoebaLLM: ``loss_i * loss_ref / loss_i``,
 #: ``loss_ref`` the largest's task loss where it has one); or to the mean student loss of the step before.
 BALANCES = ("none", "largest", "mean")
+#: Learning-rate schedules over the run (by steps, or by time where ``max_minutes`` ends it sooner).
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _check_int(owner: str, name: str, value: Any, low: int, high: int) -> None:
@@ -90,7 +93,11 @@ class FinetuneConfig:
     steps: int = field(default=200, metadata={"help": "optimizer steps"})
     max_minutes: float = field(default=0.0, metadata={"help": "wall-clock budget of the training loop (0 = none): "
                                                               "training stops there as if its steps were done"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of adapters and gate"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate of adapters and gate"})
+    lr_schedule: str = field(default="cosine", metadata={"help": f"one of {LR_SCHEDULES}: cosine warms up linearly over "
+                                                                 "`warmup` of the run, then decays to `min_lr_ratio` x lr"})
+    warmup: float = field(default=0.05, metadata={"help": "share of the run (steps, or time under max_minutes) spent warming up"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine: the last step's learning rate over the peak"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(default=8, metadata={"help": "sequences (decoders) or sentences (encoders) per step"})
     num_train: int = field(default=256, metadata={"help": "training sequences drawn from the calibration pool"})
@@ -131,6 +138,10 @@ class FinetuneConfig:
             object.__setattr__(self, "balance", "largest" if self.balance else "none")
         if self.teacher not in TEACHERS:
             raise AnyshapeError(f"finetune teacher is {self.teacher!r}; allowed: {', '.join(TEACHERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise AnyshapeError(f"finetune lr_schedule is {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+        _check_float("finetune", "warmup", self.warmup, 0.0, 0.5)
+        _check_float("finetune", "min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         if self.balance not in BALANCES:
             raise AnyshapeError(f"finetune balance is {self.balance!r}; allowed: {', '.join(BALANCES)}")
         _check_float("finetune", "task_weight", self.task_weight, 0.0, 1e3)
@@ -165,6 +176,16 @@ class FinetuneConfig:
         _check_int("finetune", "seed", self.seed, 0, 2**63 - 1)
         _check_int("finetune", "checkpoint_every", self.checkpoint_every, 0, 10_000_000)
 
+    def lr_at(self, progress: float) -> float:
+        """The learning rate once ``progress`` (0..1: steps done, or time spent, whichever is further) of the run is done."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = min(max(progress, 0.0), 1.0)
+        if progress < self.warmup:
+            return self.lr * progress / self.warmup
+        decay = (progress - self.warmup) / (1.0 - self.warmup)
+        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * decay)))
+
     @property
     def validation_interval(self) -> int:
         """Steps between guard validations."""
@@ -180,4 +201,4 @@ class FinetuneConfig:
         if unknown:
             raise AnyshapeError(f"finetune config has unknown fields {unknown}")
         # a record without these fields was trained without them
-        return cls(**{"short_spans": 0.0, "relation_weight": 0.0, **dict(data)})
+        return cls(**{"short_spans": 0.0, "relation_weight": 0.0, "lr_schedule": "constant", **dict(data)})

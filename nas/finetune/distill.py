@@ -140,8 +140,6 @@ class Student:
 def forward_shape(model: nn.Module, family: ModelFamily, supernet: Supernet, smol: SMoL | None, shape: Shape,
                   batch: Batch, noise: torch.Generator | None) -> torch.Tensor:
     """Logits (decoders) or last hidden states (encoders) of ``shape`` with its unmerged adapters."""
-    import contextlib
-
     cuts = plan_cuts(supernet.space, shape, supernet.orders)
     with contextlib.ExitStack() as stack:
         if supernet.bias_compensation:
@@ -170,9 +168,9 @@ def sandwich_step(model: nn.Module, family: ModelFamily, supernet: Supernet, smo
     """
     largest, *students = shapes
     decoder = family.kind == "decoder"
-    frozen = config.teacher == "base" and smol.amplitude(largest) == 0.0  # the largest is the base: nothing to learn
-    with torch.no_grad() if frozen else contextlib.nullcontext():
-        out = forward_shape(model, family, supernet, smol, largest, batch, noise)
+    # the largest is the base (routing amplitude 0): nothing to learn, and its output is the base's
+    frozen = config.teacher == "base" and smol.amplitude(largest) == 0.0
+    out = base if frozen else forward_shape(model, family, supernet, smol, largest, batch, noise)
     losses: dict[str, float] = {}
     if decoder:
         task = next_token_loss(out, batch)

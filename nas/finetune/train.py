@@ -131,7 +131,7 @@ def train_supernet(
         teacher = base_outputs(net, family, train_batches)
         smol.train()
         bar = _progress(config.steps, steps_done, mode, progress and rank == 0)
-        deadline = time.perf_counter() + 60.0 * config.max_minutes if config.max_minutes else None
+        started = time.perf_counter()
         timed_out = False
         try:
             for step in range(steps_done, config.steps):
@@ -139,9 +139,12 @@ def train_supernet(
                     break
                 if guard is not None and guard.stopped:
                     break
-                if deadline is not None and _past(deadline, world):
+                spent = _time_spent(started, config.max_minutes, world)
+                if spent >= 1.0:
                     timed_out = True
                     break
+                for group in optimizer.param_groups:  # the step's own progress: a short run needs no zero-lr step
+                    group["lr"] = config.lr_at(max((step + 1) / config.steps, spent))
                 b = batch_index(step * world + rank, len(train_batches), config.seed)
                 optimizer.zero_grad(set_to_none=True)
                 shapes = sampler.sandwich(config.num_random)
@@ -261,16 +264,19 @@ def all_reduce_gradients(smol: SMoL, world: int) -> None:
         p.grad /= world
 
 
-def _past(deadline: float, world: int) -> bool:
-    """Whether the time budget is spent; with several workers, rank 0's clock decides for all (same step count)."""
-    past = time.perf_counter() >= deadline
+def _time_spent(started: float, max_minutes: float, world: int) -> float:
+    """The share of the time budget spent (0 without one); with several workers rank 0's clock decides
+    for all, so every rank runs the same steps at the same learning rate."""
+    if not max_minutes:
+        return 0.0
+    spent = (time.perf_counter() - started) / (60.0 * max_minutes)
     if world == 1:
-        return past
+        return spent
     import torch.distributed as dist
 
-    flag = torch.tensor([1.0 if past else 0.0])
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+    share = torch.tensor([spent])
+    dist.broadcast(share, src=0)
+    return float(share.item())
 
 
 def check_in_sync(smol: SMoL) -> None:
