@@ -48,8 +48,8 @@ def best_under_budget(supernet_dir: Path, device: str, runtime: str, fraction: f
                       seed: int) -> tuple[Shape, float, float]:
     """The most accurate shape a search finds under ``fraction`` of the full model's predicted latency."""
     from nas.predictor.api import predictor_for
-    from nas.search.export import load_study, pareto_trials
     from nas.search.run import SearchConfig, run_search
+    from nas.search.storage import load_study, pareto_trials
     from nas.workload import Workload
 
     supernet = Supernet.load(supernet_dir)

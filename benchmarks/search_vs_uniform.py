@@ -51,8 +51,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from nas.search.export import export_study, load_study, pareto_trials
+    from nas.search.export import export_study
     from nas.search.run import SearchConfig, run_search
+    from nas.search.storage import load_study, pareto_trials
     from nas.supernet.artifact import Supernet
     from nas.supernet.build import build_supernet
     from nas.verify import verify

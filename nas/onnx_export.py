@@ -51,7 +51,7 @@ class _TensorOutputs(nn.Module):
 class CachedDecoder(nn.Module):
     """A causal LM as one step over flat tensors: (ids, mask, positions, past k/v per layer) -> (logits, present k/v)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Any):
         super().__init__()
         self.model: Any = model
         self.num_layers = int(model.config.num_hidden_layers)
@@ -140,7 +140,7 @@ def ort_generate(session: Any, config: Any, input_ids: Any, max_new_tokens: int)
     return ids, logits_seen
 
 
-def _generation_parity(path: Path, model: nn.Module) -> float:
+def _generation_parity(path: Path, model: Any) -> float:
     """Greedy generation, ONNX Runtime vs torch: the tokens must agree exactly; returns the largest logit gap."""
     import onnxruntime as ort
 

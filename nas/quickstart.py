@@ -89,8 +89,9 @@ def run_quickstart(
     calibration); ``progress``: bars and phase lines on stderr for the stages that take more than a moment."""
     from nas.predictor.api import predictor_for
     from nas.predictor.calibration import calibrate, is_calibrated
-    from nas.search.export import export_study, load_study, pareto_trials
+    from nas.search.export import export_study
     from nas.search.run import SearchConfig, run_search
+    from nas.search.storage import load_study, pareto_trials
     from nas.supernet.artifact import Supernet
     from nas.verify import measure_latency, verify
     from profilers.environment import cpu_slug

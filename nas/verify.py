@@ -238,7 +238,7 @@ def _write_to_study(objectives: dict[str, Any], storage: str | None, studies_dir
         return False
     url = storage or f"sqlite:///{(studies_dir / name / 'study.db').absolute()}"
     try:
-        from nas.search.export import load_study
+        from nas.search.storage import load_study
 
         study = load_study(url, name)
     except AnyshapeError:

@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from nas.search import SearchConfig, run_search
-from nas.search.export import load_study, pareto_trials
+from nas.search.storage import load_study, pareto_trials
 
 pytest.importorskip("optuna_dashboard")
 
@@ -68,7 +68,7 @@ def test_plain_dashboard_sees_the_constraints(budget_study):
     trials), yet lists infeasible trials among its best: why ``anyshape dashboard`` exists."""
     import optuna_dashboard
 
-    from nas.search.export import load_storage
+    from nas.search.storage import load_storage
 
     app = optuna_dashboard.wsgi(load_storage(budget_study))
     (summary,) = wsgi_get(app, "/api/studies")["study_summaries"]

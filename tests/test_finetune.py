@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from nas.adapters.smol import SMoL, adapted, lora_targets, smol_from_supernet
 from nas.errors import AnyshapeError
 from nas.finetune.config import AdapterConfig, FinetuneConfig
 from nas.finetune.distill import ShapeSampler, balance, eval_shapes, forward_shape
-from nas.finetune.smol import SMoL, adapted, lora_targets, smol_from_supernet
 from nas.finetune.train import train_supernet
 from nas.modeling import example_inputs, load_model
 from nas.supernet.artifact import Supernet
@@ -233,7 +233,7 @@ def test_merged_equals_unmerged(supernet_of: Callable[[str], Path], name: str) -
 
 
 def test_amplitude_keeps_the_full_shape_the_base_and_old_records_read_as_trained(supernet_of: Callable[[str], Path]) -> None:
-    from nas.finetune.smol import amplitude, block_params
+    from nas.adapters.smol import amplitude, block_params
 
     sn = Supernet.load(supernet_of("llama"))
     shapes = eval_shapes(sn)

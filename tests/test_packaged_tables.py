@@ -40,7 +40,7 @@ def test_device_and_tables_list_find_the_packaged_tables_anywhere(tmp_path: Path
 def test_a_read_only_tables_folder_keeps_its_predictor_in_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from nas.predictor.api import predictor_file
+    from nas.predictor.table import predictor_file
 
     csv_path = tmp_path / "tables" / "cpu-x-2c" / "torch" / "minilm.csv"
     csv_path.parent.mkdir(parents=True)

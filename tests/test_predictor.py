@@ -169,7 +169,7 @@ def test_a_table_measured_on_another_cpu_model_is_flagged(table, tmp_path, capsy
     """One slug (cpu-amd-epyc-2c) has been Zen 3, Zen 4 and Zen 5 VMs: a table from another CPU model says so."""
     import shutil
 
-    from nas.predictor.api import _warn_about_table
+    from nas.predictor.table import warn_about_table
     from profilers.environment import cpu_mismatch, cpu_slug
 
     zen5 = {"vendor_id": "AuthenticAMD", "cpu family": "26", "model": "2"}
@@ -182,15 +182,15 @@ def test_a_table_measured_on_another_cpu_model_is_flagged(table, tmp_path, capsy
     folder = tmp_path / cpu_slug() / "torch"
     shutil.copytree(table.parent, folder)
     csv_path = folder / table.name
-    _warn_about_table(csv_path, cpu_slug(), csv_path.stem)
+    warn_about_table(csv_path, cpu_slug(), csv_path.stem)
     assert "warning" not in capsys.readouterr().err  # measured here
     meta = json.loads((folder / "meta.json").read_text())
     meta["tables"][csv_path.stem]["fingerprint"].update(cpu_vendor="GenuineIntel", cpu_family="6", cpu_model_id="143")
     (folder / "meta.json").write_text(json.dumps(meta))
-    _warn_about_table(csv_path, cpu_slug(), csv_path.stem)
+    warn_about_table(csv_path, cpu_slug(), csv_path.stem)
     err = capsys.readouterr().err
     assert "was measured on GenuineIntel family 6 model 143" in err and "--overwrite" in err and err.count("\n") == 1
-    _warn_about_table(csv_path, "a5000", csv_path.stem)  # another device's table: not this machine's to judge
+    warn_about_table(csv_path, "a5000", csv_path.stem)  # another device's table: not this machine's to judge
     assert capsys.readouterr().err == ""
 
 
@@ -198,14 +198,14 @@ def _warnings(table, folder, capsys, change) -> str:
     """What ``anyshape predictor`` warns about ``table``, copied once to ``folder`` (a5000/<runtime>), after ``change(entry)`` to its meta.json."""
     import shutil
 
-    from nas.predictor.api import _warn_about_table
+    from nas.predictor.table import warn_about_table
 
     if not folder.exists():
         shutil.copytree(table.parent, folder)
     meta = json.loads((folder / "meta.json").read_text())
     change(meta["tables"][table.stem])
     (folder / "meta.json").write_text(json.dumps(meta))
-    _warn_about_table(folder / table.name, "a5000", table.stem)
+    warn_about_table(folder / table.name, "a5000", table.stem)
     return capsys.readouterr().err
 
 

@@ -16,8 +16,8 @@ import yaml
 from nas.config import SubnetConfig
 from nas.errors import AnyshapeError
 from nas.search import SearchConfig, export_study, run_search
-from nas.search.export import load_study
 from nas.search.problem import SearchSpace, memory_mb
+from nas.search.storage import load_study
 from nas.search.testing import SPACE
 from nas.shape import Shape
 from nas.workload import Workload
@@ -149,7 +149,7 @@ def test_workers_on_sqlite(tmp_path):
 
 OPEN_STORAGE = """
 import sys, time
-from nas.search.run import make_storage
+from nas.search.storage import make_storage
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 make_storage(sys.argv[1], heartbeat=False)
 """
@@ -176,7 +176,7 @@ def test_processes_opening_one_new_sqlite_file_at_once_all_succeed(tmp_path):
     ],
 )
 def test_schema_races_are_retried_and_other_errors_are_not(message):
-    from nas.search.run import _lost_schema_race
+    from nas.search.storage import _lost_schema_race
 
     assert _lost_schema_race(Exception(message))
     assert not _lost_schema_race(Exception("(psycopg2.OperationalError) connection refused"))

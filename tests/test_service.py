@@ -17,7 +17,7 @@ from test_service_support import DEVICE, FAKE, TOKEN, auth, run_body, server_thr
 from nas.config import SubnetConfig
 from nas.errors import AnyshapeError
 from nas.search import SearchConfig, run_search
-from nas.search.export import load_study, pareto_trials
+from nas.search.storage import load_study, pareto_trials
 from nas.service import ServiceSettings, read_token
 from nas.service.runs import RunStore
 from nas.workload import Workload

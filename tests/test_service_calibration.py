@@ -13,7 +13,7 @@ import yaml
 from test_service_support import DEVICE, FAKE, TOKEN, auth, run_body, server_thread
 
 from nas.search import SearchConfig, run_search
-from nas.search.export import load_study
+from nas.search.storage import load_study
 from nas.service import ServiceSettings
 from nas.service.runs import WorkerSettings, search_config
 

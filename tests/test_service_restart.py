@@ -12,7 +12,7 @@ import optuna
 import pytest
 from test_service_support import TOKEN, auth, run_body, server_process, wait_until
 
-from nas.search.export import load_study
+from nas.search.storage import load_study
 from nas.service.runs import RunStore
 
 POSTGRES_URL = os.environ.get("ANYSHAPE_TEST_POSTGRES_URL")

@@ -16,7 +16,7 @@ import pytest
 
 from nas.cli import main
 from nas.errors import AnyshapeError
-from nas.search.export import load_study
+from nas.search.storage import load_study
 from nas.search.studies import load_study_file, run_batch
 from profilers.environment import cpu_slug
 

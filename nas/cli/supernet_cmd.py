@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -116,7 +117,7 @@ def train_command(
     config = FinetuneConfig(
         adapter=adapter_config, steps=steps, max_minutes=max_minutes, lr=lr, lr_schedule=lr_schedule, batch_size=batch_size, num_train=num_train, seq_len=seq_len,
         data=data, num_random=num_random, teacher=teacher, task_weight=task_weight,
-        **{k: v for k, v in (("short_spans", short_spans), ("relation_weight", relation_weight)) if v is not None},
+        **recipe_overrides(short_spans=short_spans, relation_weight=relation_weight),
         balance=balance, grad_scale="mlfs" if mlfs else "none", seed=seed, checkpoint_every=checkpoint_every,
         guard=not no_guard, num_val=num_val, eval_every=eval_every, guard_tasks=guard_task_specs(guard_task),
     )
@@ -134,6 +135,11 @@ def train_command(
     for name, metrics in result.heldout.items():
         values = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         typer.echo(f"  {name:>8} {result.shapes[name]}: {values}")
+
+
+def recipe_overrides(**values: float | None) -> dict[str, Any]:
+    """The recipe fields given on the command line (None: keep the recipe's default)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def guard_task_specs(values: list[str]) -> tuple[str, ...]:

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
+from nas.adapters.smol import SMoL, adapted
 from nas.cuts import LayerCut, plan_cuts
 from nas.families import ModelFamily
-from nas.finetune.smol import SMoL, adapted
 from nas.shape import Shape
 
 

@@ -1,4 +1,4 @@
-"""Configs of supernet fine-tuning: the adapter (SMoL / single LoRA / none) and the training run.
+"""Configs of supernet fine-tuning: the training run, and the adapter's (:mod:`nas.adapters.config`).
 
 Both are dataclasses validated at construction; both round-trip through ``to_dict`` /
 ``from_dict`` (the adapter config is recorded in ``supernet.json``, the training config in
@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from nas.adapters.config import AdapterConfig, check_float, check_int
 from nas.errors import AnyshapeError
 
-ADAPTER_MODES = ("smol", "single", "none")
 GRAD_SCALES = ("none", "mlfs")
 #: What the students (smallest + random shapes) learn from: the frozen base model's outputs, or the
 #: largest shape's detached outputs of the same step (AmoebaLLM's in-place distillation).
@@ -24,65 +24,6 @@ TEACHERS = ("base", "largest")
 BALANCES = ("none", "largest", "mean")
 #: Learning-rate schedules over the run (by steps, or by time where ``max_minutes`` ends it sooner).
 LR_SCHEDULES = ("constant", "cosine")
-
-
-def _check_int(owner: str, name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise AnyshapeError(f"{owner} {name} is {value!r}; allowed range {low}..{high}")
-
-
-def _check_float(owner: str, name: str, value: Any, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
-        raise AnyshapeError(f"{owner} {name} is {value!r}; allowed range {low}..{high}")
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """SMoL (AmoebaLLM): K LoRA experts per linear layer, a shape-only gate with top-k routing."""
-
-    mode: str = field(default="smol", metadata={"help": f"one of {ADAPTER_MODES}: mixture, one shared LoRA, or none"})
-    num_experts: int = field(default=5, metadata={"help": "LoRA experts per linear layer (K); 1 for mode single"})
-    rank: int = field(default=8, metadata={"help": "LoRA rank r of every expert"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator: delta = alpha / r * B A"})
-    top_k: int = field(default=2, metadata={"help": "experts mixed per layer (top-k of the gate's logits)"})
-    gate_hidden: int = field(default=64, metadata={"help": "hidden units of the gate MLP"})
-    gate_noise: float = field(default=1.0, metadata={"help": "std of the gate's logit noise, in training only (0 = none)"})
-    full_is_base: bool = field(default=True, metadata={"help": "scale a shape's mixture by 1 - params(shape) / params(full): "
-                                                               "the full shape stays the base model exactly"})
-
-    def __post_init__(self) -> None:
-        if self.mode not in ADAPTER_MODES:
-            raise AnyshapeError(f"adapter mode is {self.mode!r}; allowed: {', '.join(ADAPTER_MODES)}")
-        _check_int("adapter", "num_experts", self.num_experts, 1, 64)
-        _check_int("adapter", "rank", self.rank, 1, 1024)
-        _check_int("adapter", "top_k", self.top_k, 1, self.num_experts)
-        _check_int("adapter", "gate_hidden", self.gate_hidden, 1, 4096)
-        _check_float("adapter", "alpha", self.alpha, 1e-6, 1e6)
-        _check_float("adapter", "gate_noise", self.gate_noise, 0.0, 100.0)
-        if not isinstance(self.full_is_base, bool):
-            raise AnyshapeError(f"adapter full_is_base is {self.full_is_base!r}; it must be true or false")
-        if self.mode == "single" and (self.num_experts != 1 or self.top_k != 1):
-            raise AnyshapeError("adapter mode 'single' is one shared LoRA: num_experts and top_k must be 1 "
-                                "(use AdapterConfig.single())")
-
-    @classmethod
-    def single(cls, rank: int = 8, alpha: float = 16.0, full_is_base: bool = True) -> AdapterConfig:
-        return cls(mode="single", num_experts=1, rank=rank, alpha=alpha, top_k=1, gate_noise=0.0, full_is_base=full_is_base)
-
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.rank
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise AnyshapeError(f"adapter config has unknown fields {unknown}")
-        return cls(**{"full_is_base": False, **dict(data)})  # a record without the field was trained without it
 
 
 @dataclass(frozen=True)
@@ -140,41 +81,41 @@ class FinetuneConfig:
             raise AnyshapeError(f"finetune teacher is {self.teacher!r}; allowed: {', '.join(TEACHERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise AnyshapeError(f"finetune lr_schedule is {self.lr_schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
-        _check_float("finetune", "warmup", self.warmup, 0.0, 0.5)
-        _check_float("finetune", "min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_float("finetune", "warmup", self.warmup, 0.0, 0.5)
+        check_float("finetune", "min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         if self.balance not in BALANCES:
             raise AnyshapeError(f"finetune balance is {self.balance!r}; allowed: {', '.join(BALANCES)}")
-        _check_float("finetune", "task_weight", self.task_weight, 0.0, 1e3)
+        check_float("finetune", "task_weight", self.task_weight, 0.0, 1e3)
         if not isinstance(self.guard, bool):
             raise AnyshapeError(f"finetune guard is {self.guard!r}; it must be true or false")
-        _check_int("finetune", "num_val", self.num_val, 1, 100_000)
-        _check_int("finetune", "eval_every", self.eval_every, 0, 10_000_000)
-        _check_int("finetune", "patience", self.patience, 1, 1000)
-        _check_float("finetune", "guard_tolerance", self.guard_tolerance, 0.0, 1e3)
-        _check_float("finetune", "guard_task_tolerance", self.guard_task_tolerance, 0.0, 2.0)
+        check_int("finetune", "num_val", self.num_val, 1, 100_000)
+        check_int("finetune", "eval_every", self.eval_every, 0, 10_000_000)
+        check_int("finetune", "patience", self.patience, 1, 1000)
+        check_float("finetune", "guard_tolerance", self.guard_tolerance, 0.0, 1e3)
+        check_float("finetune", "guard_task_tolerance", self.guard_task_tolerance, 0.0, 2.0)
         if isinstance(self.guard_tasks, str) or not all(isinstance(t, str) for t in self.guard_tasks):
             raise AnyshapeError(f"finetune guard_tasks is {self.guard_tasks!r}; give a list of pairs:FILE / labels:FILE")
         object.__setattr__(self, "guard_tasks", tuple(self.guard_tasks))
         if self.guard_tasks and not self.guard:
             raise AnyshapeError("guard tasks need the guard; drop --no-guard or the --guard-task options")
-        _check_int("finetune", "steps", self.steps, 0, 10_000_000)
-        _check_float("finetune", "max_minutes", self.max_minutes, 0.0, 1e6)
-        _check_float("finetune", "lr", self.lr, 0.0, 10.0)
-        _check_float("finetune", "weight_decay", self.weight_decay, 0.0, 10.0)
-        _check_int("finetune", "batch_size", self.batch_size, 1, 4096)
-        _check_int("finetune", "num_train", self.num_train, 1, 10_000_000)
+        check_int("finetune", "steps", self.steps, 0, 10_000_000)
+        check_float("finetune", "max_minutes", self.max_minutes, 0.0, 1e6)
+        check_float("finetune", "lr", self.lr, 0.0, 10.0)
+        check_float("finetune", "weight_decay", self.weight_decay, 0.0, 10.0)
+        check_int("finetune", "batch_size", self.batch_size, 1, 4096)
+        check_int("finetune", "num_train", self.num_train, 1, 10_000_000)
         if self.seq_len != 0:
-            _check_int("finetune", "seq_len", self.seq_len, 8, 8192)
-        _check_int("finetune", "num_random", self.num_random, 0, 64)
-        _check_float("finetune", "short_spans", self.short_spans, 0.0, 1.0)
-        _check_float("finetune", "relation_weight", self.relation_weight, 0.0, 1e3)
-        _check_float("finetune", "balance_min", self.balance_min, 0.0, 1e6)
+            check_int("finetune", "seq_len", self.seq_len, 8, 8192)
+        check_int("finetune", "num_random", self.num_random, 0, 64)
+        check_float("finetune", "short_spans", self.short_spans, 0.0, 1.0)
+        check_float("finetune", "relation_weight", self.relation_weight, 0.0, 1e3)
+        check_float("finetune", "balance_min", self.balance_min, 0.0, 1e6)
         if self.grad_scale not in GRAD_SCALES:
             raise AnyshapeError(f"finetune grad_scale is {self.grad_scale!r}; allowed: {', '.join(GRAD_SCALES)}")
-        _check_float("finetune", "mlfs_gamma", self.mlfs_gamma, 0.0, 10.0)
-        _check_float("finetune", "max_grad_norm", self.max_grad_norm, 0.0, 1e6)
-        _check_int("finetune", "seed", self.seed, 0, 2**63 - 1)
-        _check_int("finetune", "checkpoint_every", self.checkpoint_every, 0, 10_000_000)
+        check_float("finetune", "mlfs_gamma", self.mlfs_gamma, 0.0, 10.0)
+        check_float("finetune", "max_grad_norm", self.max_grad_norm, 0.0, 1e6)
+        check_int("finetune", "seed", self.seed, 0, 2**63 - 1)
+        check_int("finetune", "checkpoint_every", self.checkpoint_every, 0, 10_000_000)
 
     def lr_at(self, progress: float) -> float:
         """The learning rate once ``progress`` (0..1: steps done, or time spent, whichever is further) of the run is done."""

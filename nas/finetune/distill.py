@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.adapters.smol import SMoL, block_params
 from nas.cuts import plan_cuts
 from nas.families import ModelFamily
 from nas.finetune.config import FinetuneConfig
-from nas.finetune.smol import SMoL, block_params
 from nas.masking import masked_subnet
 from nas.shape import Shape
 from nas.supernet.artifact import Supernet
@@ -143,7 +143,7 @@ def forward_shape(model: nn.Module, family: ModelFamily, supernet: Supernet, smo
     cuts = plan_cuts(supernet.space, shape, supernet.orders)
     with contextlib.ExitStack() as stack:
         if supernet.bias_compensation:
-            from nas.finetune.smol import adapted
+            from nas.adapters.smol import adapted
             from nas.supernet import width
             from nas.supernet.cut import compensation_shifts
 

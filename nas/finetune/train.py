@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from nas._io import atomic_directory, check_output_dir, write_json_atomic
+from nas.adapters.smol import ADAPTERS_FORMAT, SMoL, adapter_tensors, lora_targets, targets_to_json
 from nas.errors import AnyshapeError
 from nas.finetune.config import FinetuneConfig
 from nas.finetune.distill import ShapeSampler, eval_shapes, mean_losses, sandwich_step
-from nas.finetune.smol import ADAPTERS_FORMAT, SMoL, adapter_tensors, lora_targets, targets_to_json
 from nas.supernet.evaluate import Batch
 
 STATE_FILE = "state.pt"

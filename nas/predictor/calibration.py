@@ -475,7 +475,7 @@ def prior_from_record(record: CalibrationRecord, model_config: dict[str, Any]) -
     prior = record.prior
     if prior.get("kind") == "roofline":
         return RooflinePrior(model_config, prior["bandwidth_gb_s"], prior["gflops"], prior["efficiency"], prior["origin"])
-    from nas.predictor.api import table_predictor
+    from nas.predictor.table import table_predictor
 
     predictor = table_predictor(Path(str(prior.get("table"))), model_config, allow_lut_only=True)
     if predictor.recipe.table_sha256 != prior.get("table_sha256"):
@@ -672,12 +672,12 @@ def _check_here(device: str, kind: str, *, fake: bool) -> None:
 
 
 def _candidate_priors(device: str, runtime: str, model: str, spec: Any, kind: str, root: Path, name: str, prior: str) -> list[Any]:
-    from nas.predictor.api import predictor_for
+    from nas.predictor.table import table_predictor, warn_about_table
 
     def table_prior(table_device: str, tables: Path = root, table_name: str = name) -> Any:
-        predictor, _ = predictor_for(table_device, runtime, model, tables_root=tables, table=table_name, allow_lut_only=True,
-                                     calibrated=False)  # fmt: skip
-        return predictor
+        csv_path = tables / table_device / runtime / f"{table_name}.csv"
+        warn_about_table(csv_path, table_device, table_name)
+        return table_predictor(csv_path, dict(spec.config), allow_lut_only=True)
 
     own = root / device / runtime / f"{name}.csv"
     if prior == "table":

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nas.errors import AnyshapeError
-from nas.search.export import is_feasible, load_storage
+from nas.search.storage import is_feasible, load_storage
 
 
 def _feasible_front(original: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 from nas._io import write_text_atomic
 from nas.config import BaseModelRef, SubnetConfig, SupernetRef
 from nas.errors import AnyshapeError
-from nas.search.problem import shape_key
+from nas.search.storage import is_feasible, load_study, pareto_trials
 from nas.shape import Shape
 
 
@@ -28,35 +28,6 @@ class ExportResult:
     configs: list[Path]
     csv: Path
     plots: list[Path]
-
-
-def pareto_trials(study: Any) -> list[Any]:
-    """Feasible, non-dominated complete trials (Optuna's ``best_trials``), one per shape, fastest first."""
-    unique: dict[str, Any] = {}
-    for trial in sorted(study.best_trials, key=lambda t: t.number):
-        unique.setdefault(shape_key(trial.user_attrs.get("shape", {"trial": trial.number})), trial)
-    return sorted(unique.values(), key=lambda t: (t.values[1], t.number))
-
-
-def load_storage(storage: str) -> Any:
-    """The Optuna storage of an existing study database (a SQLite file that is not there is an error)."""
-    from nas.search.run import db_url, make_storage, sqlite_file
-
-    path = sqlite_file(db_url(storage))
-    if path and not Path(path).is_file():
-        raise AnyshapeError(f"no study storage at {path}; run anyshape search first or pass --storage")
-    return make_storage(storage, heartbeat=False)
-
-
-def load_study(storage: str, name: str) -> Any:
-    import optuna
-
-    store = load_storage(storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-    if name not in names:
-        known = ", ".join(sorted(names)) or "none"
-        raise AnyshapeError(f"no study {name!r} in {storage}; studies there: {known}")
-    return optuna.load_study(study_name=name, storage=store)
 
 
 def export_study(storage: str, name: str, out: str | Path, *, plot: bool = True) -> ExportResult:
@@ -145,11 +116,6 @@ def subnet_config(study_attrs: dict[str, Any], trial: Any, metric: str) -> Subne
     )
 
 
-def is_feasible(trial: Any) -> bool:
-    """Feasible as Optuna defines it: every constraint value (either storage format) is at most 0."""
-    return all(value <= 0.0 for value in trial.constraints.values())
-
-
 @dataclass
 class PlotData:
     """What both plots draw: every complete trial (feasible or not), the exported front, the budget, the baselines."""
@@ -181,7 +147,8 @@ class PlotData:
 
     def step(self) -> tuple[list[float], list[float]]:
         """The front as a step: a shape's accuracy holds from its latency until the next, slower shape's."""
-        xs, ys = [], []
+        xs: list[float] = []
+        ys: list[float] = []
         for t in self.front:
             if xs:
                 xs.append(t.values[1])

@@ -40,7 +40,7 @@ class HeldoutAccuracy:
     smol: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        from nas.finetune.smol import smol_from_supernet
+        from nas.adapters.smol import smol_from_supernet
 
         self.smol = smol_from_supernet(self.supernet)  # a trained supernet's adapters (None: untrained)
 
@@ -57,7 +57,7 @@ class ShapeTaskScores:
     """Scores of a supernet's shapes on named tasks (``{name: "pairs:FILE" | "labels:FILE"}``), beside the base model's."""
 
     def __init__(self, supernet_dir: str | Path, tasks: Mapping[str, str], *, model: str | None = None, seq_len: int = 128):
-        from nas.finetune.smol import smol_from_supernet
+        from nas.adapters.smol import smol_from_supernet
         from nas.modeling import load_model
         from nas.supernet.calibration import load_tokenizer
         from nas.supernet.cut import load_supernet_for

@@ -17,28 +17,20 @@ still missing are split between them, so a study ends with exactly ``trials`` co
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import multiprocessing
 import re
-import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nas._io import folder_lock
 from nas._progress import bar, phase
-from nas.errors import AnyshapeError, missing_extra
+from nas.errors import AnyshapeError
 from nas.search.problem import SearchProblem, shape_key
+from nas.search.storage import db_url, make_storage, pareto_trials, quiet_experimental
 from nas.workload import Workload
-
-#: Seconds between heartbeats of a running trial, and after which a silent trial is stale.
-HEARTBEAT_S = 5
-GRACE_S = 20
-#: Tries to open a storage whose schema another process may be creating at the same moment.
-SCHEMA_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -145,89 +137,6 @@ def build_problem(config: SearchConfig) -> SearchProblem:
     return factory(config)
 
 
-def db_url(url: str, option: str = "--storage", example: str = "sqlite:///path.db") -> Any:
-    """A SQLAlchemy URL, or a one-line error naming the option."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url)
-    except ArgumentError:
-        raise AnyshapeError(f"{option} {url!r} is not a database URL (like {example} or postgresql://host/db)") from None
-
-
-def parse_db_url(url: str, option: str, example: str) -> Any:
-    """A SQLAlchemy URL, or a one-line error; a SQLite file's folder is created."""
-    parsed = db_url(url, option, example)
-    path = sqlite_file(parsed)
-    if path:
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise AnyshapeError(f"cannot create the folder of {path}: {e.strerror}") from None
-    return parsed
-
-
-def sqlite_file(parsed: Any) -> str | None:
-    """The file of a parsed SQLite URL; None for other databases and in-memory SQLite."""
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return str(parsed.database)
-    return None
-
-
-def make_storage(url: str, *, heartbeat: bool = True) -> Any:
-    """An Optuna RDB storage for ``url``, with heartbeats so killed workers' trials are retried."""
-    import optuna
-
-    parsed = parse_db_url(url, "--storage", "sqlite:///path.db")
-    engine_kwargs: dict[str, Any] = {}
-    path = sqlite_file(parsed)
-    if path:
-        engine_kwargs["creator"] = functools.partial(_sqlite_connect, path)
-    elif parsed.get_backend_name() != "sqlite":
-        engine_kwargs["pool_pre_ping"] = True
-    kwargs: dict[str, Any] = {}
-    if heartbeat:
-        with _quiet_experimental():
-            kwargs = dict(
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
-    for attempt in range(SCHEMA_ATTEMPTS):
-        try:
-            with _quiet_experimental(), (folder_lock(Path(path).parent) if path else contextlib.nullcontext()):
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except Exception as e:  # driver missing, host unreachable, bad credentials: one clear line
-            # Processes opening one new SQLite file take turns (the folder lock): two creating its
-            # schema at once collide ("UNIQUE constraint failed: alembic_version.version_num").
-            # Other databases, and a lock-less platform, retry after a lost race instead.
-            if _lost_schema_race(e) and attempt < SCHEMA_ATTEMPTS - 1:
-                time.sleep(0.5 * (attempt + 1))  # another process created the schema meanwhile: load it
-                continue
-            cause = e if isinstance(e, ModuleNotFoundError) else e.__cause__  # Optuna wraps the driver's import error
-            if isinstance(cause, ModuleNotFoundError) and (extra := missing_extra(cause)):
-                raise AnyshapeError(extra) from None  # the database driver of an extra not installed
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise AnyshapeError(f"cannot open study storage {parsed.render_as_string(hide_password=True)}: {first}") from None
-    raise AssertionError("unreachable")
-
-
-def _lost_schema_race(error: Exception) -> bool:
-    """Whether ``error`` is another process's schema creation winning over ours."""
-    text = str(error).lower()
-    return any(sign in text for sign in ("already exists", "unique constraint", "duplicate key"))
-
-
-def _sqlite_connect(path: str) -> sqlite3.Connection:
-    """SQLite in WAL mode with normal sync: a killed process loses no committed trial, and a
-    commit costs no fsync (about 10 ms each on this disk otherwise). Waits for other workers' locks."""
-    connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    return connection
-
-
 def directions(config: SearchConfig, accuracy_direction: str) -> list[str]:
     return [accuracy_direction, "minimize"] + (["minimize"] if config.memory_objective else [])
 
@@ -248,7 +157,7 @@ def open_study(config: SearchConfig, problem: SearchProblem, *, worker: int = 0)
     mine = config.to_dict()
     if stored is None:
         if worker == 0:
-            with _quiet_experimental():
+            with quiet_experimental():
                 study.set_metric_names(metric_names(config, problem.accuracy.metric))
             study.set_user_attr("search_config", mine)
             study.set_user_attr("supernet_sha256", problem.supernet_sha256)
@@ -351,7 +260,7 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> SearchResult:
     with phase("search set-up (supernet, model, latency predictor, study)", progress):
         problem = build_problem(config)
         study = open_study(config, problem)
-    with _quiet_experimental():
+    with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
     before = _count_complete(study)
     missing = max(config.trials - before, 0)
@@ -369,8 +278,6 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> SearchResult:
         failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
         reason = failed[-1].user_attrs.get("error", "see the worker logs") if failed else "workers stopped early"
         raise AnyshapeError(f"search stopped with {complete} of {config.trials} trials complete: {reason}")
-    from nas.search.export import pareto_trials
-
     return SearchResult(
         study=config.study,
         storage=config.storage_url,
@@ -464,13 +371,3 @@ def _trial_summary(trial: Any) -> dict[str, Any]:
 
 def _progress(total: int, done: int, enabled: bool) -> Any:
     return bar(total, "search", "trial", initial=done, enabled=enabled)
-
-
-@contextlib.contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    """Optuna marks heartbeats and metric names experimental; the warnings are noise for our users."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield

@@ -107,7 +107,7 @@ class Storages:
         self._open: dict[str, Any] = {}
 
     def get(self, url: str) -> Any:
-        from nas.search.run import make_storage
+        from nas.search.storage import make_storage
 
         with self._lock:
             if url not in self._open:
@@ -139,7 +139,7 @@ def load_studies(urls: Sequence[str], storages: Storages | None = None) -> tuple
 def study_entry(study: Any, url: str) -> StudyEntry:
     from optuna.trial import TrialState
 
-    from nas.search.export import pareto_trials
+    from nas.search.storage import pareto_trials
     from nas.service.runs import _hide_password
 
     attrs = dict(study.user_attrs)

@@ -75,7 +75,7 @@ class RunStore:
     def __init__(self, url: str, *, table: str = "anyshape_runs"):
         import sqlalchemy as sa
 
-        from nas.search.run import parse_db_url
+        from nas.search.storage import parse_db_url
 
         parsed = parse_db_url(url, "--db", "sqlite:///studies/service.db")
         kwargs: dict[str, Any] = {}

@@ -39,7 +39,7 @@ from typing import Any
 
 from nas._io import atomic_directory
 from nas.errors import AnyshapeError
-from nas.supernet.data import Document
+from nas.supernet.data import Document, corpora_dir, corpus_file
 
 FORMAT_VERSION = 1
 MIN_CHARS = 200
@@ -479,17 +479,6 @@ SOURCES: dict[str, tuple[Source, ...]] = {
 
 
 # --------------------------------------------------------------------------- where things live
-def corpora_dir() -> Path:
-    """``<cache>/corpora``: the per-user cache of :func:`nas._io.cache_dir`."""
-    from nas._io import cache_dir
-
-    return cache_dir() / "corpora"
-
-
-def corpus_file(name: str, root: Path | None = None) -> Path:
-    return (root or corpora_dir() / name) / f"{name}.jsonl.xz"
-
-
 def _sources(name: str) -> tuple[Source, ...]:
     if name not in SOURCES:
         raise AnyshapeError(f"unknown buildable corpus {name!r}; buildable: {', '.join(sorted(SOURCES))}")

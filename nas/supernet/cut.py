@@ -111,7 +111,7 @@ def extract_from_supernet(
 
 def adapter_edits(supernet: Supernet, source: ModelSource, shape: Shape) -> dict[str, torch.Tensor]:
     """A trained supernet's merged weights ``W + delta(shape)`` by base key (empty when untrained)."""
-    from nas.finetune.smol import smol_from_supernet
+    from nas.adapters.smol import smol_from_supernet
 
     smol = smol_from_supernet(supernet)
     if smol is None:

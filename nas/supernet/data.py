@@ -47,6 +47,18 @@ class Document:
     text: str
 
 
+def corpora_dir() -> Path:
+    """``<cache>/corpora``: the per-user cache of :func:`nas._io.cache_dir`."""
+    from nas._io import cache_dir
+
+    return cache_dir() / "corpora"
+
+
+def corpus_file(name: str, root: Path | None = None) -> Path:
+    """Where ``anyshape corpus build`` writes corpus ``name`` (under ``root``, default :func:`corpora_dir`)."""
+    return (root or corpora_dir() / name) / f"{name}.jsonl.xz"
+
+
 def load_corpus(name: str = DEFAULT_CORPUS) -> list[Document]:
     """A builtin corpus, in its stored (sorted) order: the packaged one, or one built by ``anyshape corpus build``."""
     if name not in KNOWN_CORPORA:
@@ -54,8 +66,6 @@ def load_corpus(name: str = DEFAULT_CORPUS) -> list[Document]:
     if name == DEFAULT_CORPUS:
         path, remedy = CORPUS_FILE, "reinstall anyshape"
     else:
-        from nas.supernet.corpora import corpus_file
-
         path, remedy = corpus_file(name), f"rebuild it with `anyshape corpus build {name}`"
         if not path.is_file():
             raise AnyshapeError(f"corpus {name!r} is not built on this machine ({path} is missing); build it with `anyshape corpus build {name}`")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from nas._io import write_text_atomic
 from nas.errors import AnyshapeError
-from nas.supernet.corpora import Source, corpora_dir, download_package, find_package, read_members
-from nas.supernet.data import Document
+from nas.supernet.corpora import Source, download_package, find_package, read_members
+from nas.supernet.data import Document, corpora_dir
 
 DATA = "gensim/test/test_data/"
 

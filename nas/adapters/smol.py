@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.adapters.config import AdapterConfig
 from nas.families import ModelFamily
-from nas.finetune.config import AdapterConfig
 from nas.shape import Shape, ShapeSpace
 
 
