@@ -166,7 +166,7 @@ def test_serve_without_the_service_extra_names_it(capsys, monkeypatch, module):
     """pip install anyshape without [service], then anyshape serve: one line naming the extra, no traceback."""
     import sys
 
-    for name in [m for m in sys.modules if m == module or m.startswith(f"{module}.") or m.startswith("nas.service.app")]:
+    for name in [m for m in sys.modules if m == module or m.startswith(f"{module}.") or m.startswith(("nas.service.app", "nas.service.routes"))]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, module, None)  # import raises ModuleNotFoundError, as when it is not installed
     code = main(["serve", "--read-only", "--port", "0"])
