@@ -67,12 +67,12 @@ def cell_config(overrides: dict[str, Any], steps: int, rank: int, batch_size: in
 
 
 def run_model(spec: str, cells: list[str], steps: int, rank: int, batch_size: int, seq_len: int, num_calib: int, seed: int,
-              work: Path) -> dict[str, Any]:
+              work: Path, corpus: str = "stdlib-docs") -> dict[str, Any]:
     t = time.perf_counter()
-    calibration = CalibrationConfig(num_calib=num_calib, num_heldout=num_calib, seed=seed)
+    calibration = CalibrationConfig(num_calib=num_calib, num_heldout=num_calib, seed=seed, corpus=corpus)
     sn_dir = work / f"{spec}-supernet"
     build_supernet(spec, sn_dir, BuildConfig(heldout_scores=False, calibration=calibration), progress=False)
-    result: dict[str, Any] = {"model": spec, "steps": steps, "rank": rank, "batch_size": batch_size, "seq_len": seq_len,
+    result: dict[str, Any] = {"model": spec, "corpus": corpus, "steps": steps, "rank": rank, "batch_size": batch_size, "seq_len": seq_len,
                               "num_calib": num_calib, "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
                               "machine": cpu_slug(), "build_s": round(time.perf_counter() - t, 1),
                               "recipe": FinetuneConfig().to_dict(), "cells": {}}
@@ -123,7 +123,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
         seq = r.get("seq_len") or 128
         lines += [f"### {r['model']}: {r['steps']} steps, batch {r['batch_size']} x {seq} tokens, rank {r['rank']}, "
                   f"{r.get('threads', '?')} thread(s), {r.get('machine', '?')}, {r.get('date', '?')}", "",
-                  f"Supernet build {r['build_s']} s. Held-out {metric} ({'lower' if decoder else 'higher'} is better).", "",
+                  f"Supernet build {r['build_s']} s on `{r.get('corpus', 'stdlib-docs')}` (its calibration pool trains, its "
+                  f"held-out pool scores). Held-out {metric} ({'lower' if decoder else 'higher'} is better).", "",
                   "| shape | depth / heads / ffn | " + " | ".join(names) + " |",
                   "|---|---|" + "---:|" * len(names)]
         for shape in SHAPES:
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64, help="training tokens per sequence (0: the supernet's, 128)")
     parser.add_argument("--num-calib", type=int, default=32, help="calibration and held-out sequences of the supernet")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corpus", default="stdlib-docs", help="builtin corpus of the supernets (english: anyshape corpus build)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here (after every model)")
     parser.add_argument("--report", type=Path, nargs="*", default=None, help="report these result files instead of running")
@@ -175,7 +177,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="anyshape-ft-") as work:
             for spec in args.models:
                 results.append(run_model(spec, args.cells, args.steps, args.rank, args.batch_size, args.seq_len, args.num_calib,
-                                         args.seed, Path(work)))
+                                         args.seed, Path(work), args.corpus))
                 if args.json:
                     args.json.write_text(json.dumps(results, indent=1) + "\n")
     text = markdown(results)

@@ -74,13 +74,8 @@ def verify(
 ) -> VerifyResult:
     """Extract, measure accuracy and latency on this device, and record them beside the prediction
     (``progress``: a timed line per phase on stderr)."""
-    import torch
-
     from nas._progress import phase
-    from nas.modeling import load_model
-    from nas.supernet.calibration import CalibrationConfig, prepare_data
     from nas.supernet.cut import extract_from_supernet, load_supernet_for
-    from nas.supernet.evaluate import SubnetEvaluator
     from profilers.devices import check_device_name
     from profilers.workload import anchor_point
 
@@ -98,15 +93,8 @@ def verify(
         target = Path(out) if out is not None else Path(scratch) / "checkpoint"
         with phase("verify: extract the subnet", progress):
             extract_from_supernet(config.supernet.path, shape, target, config=config, overwrite=out is not None)
-        with phase("verify: held-out accuracy", progress), torch.no_grad():
-            base, family = load_model(source_model)
-            calibration = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
-            data = prepare_data(source_model.path, family, calibration, int(source_model.config_dict().get("vocab_size") or 1 << 62))
-            evaluator = SubnetEvaluator(base, family, supernet.space, data.heldout)
-            extracted, _ = load_model(str(target))
-            metric = "perplexity" if family.kind == "decoder" else "cosine"
-            measured_accuracy = evaluator.score_model(extracted).metrics[metric]
-        del base, extracted
+        with phase("verify: held-out accuracy", progress):
+            metric, measured_accuracy, family = _heldout_accuracy(supernet, source_model, target)
         point = whole_model_point(shape, workload)
         anchor = anchor_point(family.space(source_model.config_dict()), point).key
         predicted_entry = dict((config.objectives.get("latency") or {}).get(key) or {})
@@ -119,26 +107,11 @@ def verify(
         with phase(f"verify: latency on this {kind} ({runtime}, {workload.name}, protocol {measure_with.name})", progress):
             measurement = measure_latency(source_model, family, shape, workload, runtime, kind, measure_with)
 
-    objectives = _deep_copy(config.objectives)
-    accuracy = objectives.setdefault("accuracy", {})
-    predicted_accuracy = accuracy.get("value")
-    accuracy["measured"] = round(measured_accuracy, 6)
-    accuracy.setdefault("metric", metric)
-    entry = objectives.setdefault("latency", {}).setdefault(key, {})
-    entry.update(
-        measured_ms=round(measurement.latency_ms_p50, 4),
-        measured_ms_p10=round(measurement.latency_ms_p10, 4),
-        measured_ms_p90=round(measurement.latency_ms_p90, 4),
-        measured_repeats=measurement.repeats,
-        measured_noisy=bool(measurement.noisy),
-        measured_on=time.strftime("%Y-%m-%d"),
-        measured_protocol=measure_with.name,
-    )
+    predicted_accuracy = (config.objectives.get("accuracy") or {}).get("value")
     table_speed = None
     if model.protocol.anchored and measurement.anchor_ratio is not None and anchor in model.baselines:
         table_speed = model.at_table_speed(measurement, anchor)
-        entry["measured_ms_table_speed"] = round(table_speed, 4)
-        entry["measured_anchor_ratio"] = round(float(measurement.anchor_ratio), 6)
+    objectives = _with_measurements(config.objectives, key, metric, measured_accuracy, measurement, measure_with.name, table_speed)
     updated = SubnetConfig(config.base_model, config.shape, config.supernet, objectives, config.format)
     updated.save(config_path)
     study_updated = _write_to_study(objectives, storage, Path(studies_dir), measured_accuracy, measurement.latency_ms_p50)
@@ -210,6 +183,47 @@ def whole_model_point(shape: Any, workload: Workload) -> Any:
     from profilers.workload import whole_model_point as point
 
     return point(shape, workload)
+
+
+def _heldout_accuracy(supernet: Any, source_model: Any, checkpoint: Path) -> tuple[str, float, Any]:
+    """(metric, value, family): the extracted checkpoint scored against the base on the supernet's own held-out pool."""
+    import torch
+
+    from nas.modeling import load_model
+    from nas.supernet.calibration import CalibrationConfig, prepare_data
+    from nas.supernet.evaluate import SubnetEvaluator
+
+    with torch.no_grad():
+        base, family = load_model(source_model)
+        calibration = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
+        data = prepare_data(source_model.path, family, calibration, int(source_model.config_dict().get("vocab_size") or 1 << 62))
+        evaluator = SubnetEvaluator(base, family, supernet.space, data.heldout)
+        extracted, _ = load_model(str(checkpoint))
+        metric = "perplexity" if family.kind == "decoder" else "cosine"
+        return metric, float(evaluator.score_model(extracted).metrics[metric]), family
+
+
+def _with_measurements(objectives: Any, key: str, metric: str, accuracy: float, measurement: Any, protocol: str,
+                       table_speed: float | None) -> dict[str, Any]:
+    """A copy of a config's objectives with the measured accuracy and latency written beside the predictions."""
+    out = _deep_copy(objectives)
+    recorded = out.setdefault("accuracy", {})
+    recorded["measured"] = round(accuracy, 6)
+    recorded.setdefault("metric", metric)
+    entry = out.setdefault("latency", {}).setdefault(key, {})
+    entry.update(
+        measured_ms=round(measurement.latency_ms_p50, 4),
+        measured_ms_p10=round(measurement.latency_ms_p10, 4),
+        measured_ms_p90=round(measurement.latency_ms_p90, 4),
+        measured_repeats=measurement.repeats,
+        measured_noisy=bool(measurement.noisy),
+        measured_on=time.strftime("%Y-%m-%d"),
+        measured_protocol=protocol,
+    )
+    if table_speed is not None:
+        entry["measured_ms_table_speed"] = round(table_speed, 4)
+        entry["measured_anchor_ratio"] = round(float(measurement.anchor_ratio), 6)
+    return out
 
 
 def measure_latency(source: Any, family: Any, shape: Any, workload: Workload, runtime: str, kind: str, protocol: Any) -> Any:
