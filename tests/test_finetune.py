@@ -548,7 +548,7 @@ def test_relational_loss_reads_the_batch_similarity_structure() -> None:
     hidden = (target + 0.5 * torch.randn(6, 5, 8, generator=gen)).requires_grad_()
     plain = embedding_loss(hidden, target, batch)
     related = embedding_loss(hidden, target, batch, relation_weight=2.0)
-    assert float(related) > float(plain) > 0
+    assert float(related.detach()) > float(plain.detach()) > 0
     related.backward()
     assert hidden.grad is not None and float(hidden.grad.abs().sum()) > 0
 

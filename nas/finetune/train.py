@@ -106,115 +106,166 @@ def train_supernet(
     evaluate = evaluate and rank == 0
     heldout = [{k: v.to(device) for k, v in b.items()} for b in heldout_data(source.path, family, supernet, vocab)] if evaluate else []
 
-    losses: list[dict[str, float]] = []
-    steps_done = 0
-    smol: SMoL | None = None
-    guard: Guard | None = None
+    run: _Run | None = None
     if mode != "none" and config.steps > 0:
-        targets = [t for t, _ in lora_targets(net, family)]
-        smol = SMoL(supernet.space, targets, config.adapter, seed=config.seed).to(device)
-        sampler = ShapeSampler(supernet, config.seed)
-        noise = torch.Generator().manual_seed(config.seed + 1)
-        optimizer = torch.optim.AdamW(smol.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         assert out is not None
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else default_checkpoint_dir(Path(out))
+        run = _Run.start(config, supernet, net, family, source.path, train_batches, val_batches, ckpt, resume, rank, world, device)
+        timed_out = run.steps(stop_after, progress and rank == 0, mode)
+        if world > 1:
+            check_in_sync(run.smol)
+        leave_process_group(joined)
+        if stop_after is not None and run.steps_done < config.steps and not (run.guard is not None and run.guard.stopped):
+            if rank == 0:
+                run.checkpoint()
+            return TrainResult(out=None, seconds=time.perf_counter() - start, steps=run.steps_done, losses=run.losses)
+        run.finish(timed_out)
+    leave_process_group(joined)
+    guard = run.guard if run is not None else None
+    smol = run.smol if run is not None else None
+    result = TrainResult(out=None, seconds=time.perf_counter() - start, steps=run.steps_done if run else 0,
+                         losses=run.losses if run else [], guard=guard.record() if guard is not None else {})
+    if evaluate:
+        result.heldout, result.shapes = evaluate_shapes(net, family, supernet, smol, heldout)
+    if run is None or out is None or rank != 0:
+        return result
+    _write_trained(Path(out), overwrite, run, data_record, result, device)
+    result.out = Path(out)
+    return result
+
+
+@dataclass
+class _Run:
+    """The state of one adapter training: what a checkpoint holds, and what the loop steps."""
+
+    config: FinetuneConfig
+    supernet: Any
+    net: Any
+    family: Any
+    smol: SMoL
+    sampler: ShapeSampler
+    noise: torch.Generator
+    optimizer: torch.optim.Optimizer
+    ckpt: Path
+    guard: Guard | None
+    train_batches: list[Batch]
+    rank: int
+    world: int
+    steps_done: int = 0
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, config: FinetuneConfig, supernet: Any, net: Any, family: Any, model_path: Path, train_batches: list[Batch],
+              val_batches: list[Batch], ckpt: Path, resume: bool, rank: int, world: int, device: torch.device) -> _Run:
+        """Fresh adapters (or the checkpoint's, with ``resume``) and the guard's untrained baseline."""
+        targets = [t for t, _ in lora_targets(net, family)]
+        smol = SMoL(supernet.space, targets, config.adapter, seed=config.seed).to(device)
+        guard = None
         if config.guard:
-            tasks = guard_tasks(net, family, supernet, source.path, config)
+            tasks = guard_tasks(net, family, supernet, model_path, config)
             guard = Guard(lambda: validation_losses(net, family, supernet, smol, val_batches, tasks), config)
+        run = cls(config, supernet, net, family, smol, ShapeSampler(supernet, config.seed),
+                  torch.Generator().manual_seed(config.seed + 1),
+                  torch.optim.AdamW(smol.parameters(), lr=config.lr, weight_decay=config.weight_decay), ckpt, guard,
+                  train_batches, rank, world)
         if resume:
-            steps_done, losses = load_checkpoint(ckpt, config, supernet.sha256(), smol, optimizer, sampler, noise, guard)
+            run.steps_done, run.losses = load_checkpoint(ckpt, config, supernet.sha256(), smol, run.optimizer, run.sampler,
+                                                         run.noise, guard)
         elif (ckpt / STATE_FILE).exists():
             raise AnyshapeError(f"{ckpt} holds a checkpoint of an earlier run; pass --resume to continue it "
                                 "or remove it to start over")
         if guard is not None and not guard.history:
             guard.start(smol)
-        teacher = base_outputs(net, family, train_batches)
+        return run
+
+    def steps(self, stop_after: int | None, progress: bool, mode: str) -> bool:
+        """Train until the steps, ``stop_after``, the guard or the time budget end it; True when time ended it."""
+        config, smol = self.config, self.smol
+        teacher = base_outputs(self.net, self.family, self.train_batches)
         smol.train()
-        bar = _progress(config.steps, steps_done, mode, progress and rank == 0)
+        bar = _progress(config.steps, self.steps_done, mode, progress)
         started = time.perf_counter()
-        timed_out = False
         try:
-            for step in range(steps_done, config.steps):
-                if stop_after is not None and step >= stop_after:
-                    break
-                if guard is not None and guard.stopped:
-                    break
-                spent = _time_spent(started, config.max_minutes, world)
+            for step in range(self.steps_done, config.steps):
+                if (stop_after is not None and step >= stop_after) or (self.guard is not None and self.guard.stopped):
+                    return False
+                spent = _time_spent(started, config.max_minutes, self.world)
                 if spent >= 1.0:
-                    timed_out = True
-                    break
-                for group in optimizer.param_groups:  # the step's own progress: a short run needs no zero-lr step
+                    return True
+                for group in self.optimizer.param_groups:  # the step's own progress: a short run needs no zero-lr step
                     group["lr"] = config.lr_at(max((step + 1) / config.steps, spent))
-                b = batch_index(step * world + rank, len(train_batches), config.seed)
-                optimizer.zero_grad(set_to_none=True)
-                shapes = sampler.sandwich(config.num_random)
-                step_losses = sandwich_step(net, family, supernet, smol, shapes, train_batches[b],
-                                            teacher(b), config, noise, losses[-1] if losses else None)
-                if world > 1:
-                    all_reduce_gradients(smol, world)
+                b = batch_index(step * self.world + self.rank, len(self.train_batches), config.seed)
+                self.optimizer.zero_grad(set_to_none=True)
+                shapes = self.sampler.sandwich(config.num_random)
+                step_losses = sandwich_step(self.net, self.family, self.supernet, smol, shapes, self.train_batches[b],
+                                            teacher(b), config, self.noise, self.losses[-1] if self.losses else None)
+                if self.world > 1:
+                    all_reduce_gradients(smol, self.world)
                 if config.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(smol.parameters(), config.max_grad_norm)
-                optimizer.step()
-                losses.append(step_losses)
-                steps_done = step + 1
+                self.optimizer.step()
+                self.losses.append(step_losses)
+                self.steps_done = step + 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(largest=f"{step_losses['largest']:.4f}", smallest=f"{step_losses['smallest']:.4f}")
-                if guard is not None and (steps_done % config.validation_interval == 0 or steps_done == config.steps):
-                    smol.eval()
-                    guard.check(steps_done, smol)
-                    smol.train()
-                    if bar is not None and guard.stopped:
-                        bar.write(guard.notes[-1])
-                if config.checkpoint_every and steps_done % config.checkpoint_every == 0 and rank == 0:
-                    save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise, guard)
+                self._validate(bar)
+                if config.checkpoint_every and self.steps_done % config.checkpoint_every == 0 and self.rank == 0:
+                    self.checkpoint()
         finally:
             if bar is not None:
                 bar.close()
-        if world > 1:
-            check_in_sync(smol)
-        leave_process_group(joined)
-        if stop_after is not None and steps_done < config.steps and not (guard is not None and guard.stopped):
-            if rank == 0:
-                save_checkpoint(ckpt, config, supernet.sha256(), steps_done, losses, smol, optimizer, sampler, noise, guard)
-            return TrainResult(out=None, seconds=time.perf_counter() - start, steps=steps_done, losses=losses)
-        smol.eval()
-        if guard is not None:
-            if guard.history[-1]["step"] != steps_done:  # a run stopped early was validated at its last step
-                guard.check(steps_done, smol)
-            if timed_out:
-                guard.notes.append(f"time budget of {config.max_minutes:g} min reached at step {steps_done} of {config.steps}")
-            guard.restore(smol)
-    leave_process_group(joined)
-    train_seconds = time.perf_counter() - start
+        return False
 
-    result = TrainResult(out=None, seconds=train_seconds, steps=steps_done, losses=losses,
-                         guard=guard.record() if guard is not None else {})
-    if evaluate:
-        result.heldout, result.shapes = evaluate_shapes(net, family, supernet, smol, heldout)
-    if mode == "none" or out is None or rank != 0:
-        return result
-    assert smol is not None
+    def _validate(self, bar: Any) -> None:
+        guard, done = self.guard, self.steps_done
+        if guard is None or not (done % self.config.validation_interval == 0 or done == self.config.steps):
+            return
+        self.smol.eval()
+        guard.check(done, self.smol)
+        self.smol.train()
+        if bar is not None and guard.stopped:
+            bar.write(guard.notes[-1])
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.ckpt, self.config, self.supernet.sha256(), self.steps_done, self.losses, self.smol, self.optimizer,
+                        self.sampler, self.noise, self.guard)
+
+    def finish(self, timed_out: bool) -> None:
+        """Validate the last step, note a time budget, and keep the guard's best state."""
+        self.smol.eval()
+        guard = self.guard
+        if guard is None:
+            return
+        if guard.history[-1]["step"] != self.steps_done:  # a run stopped early was validated at its last step
+            guard.check(self.steps_done, self.smol)
+        if timed_out:
+            guard.notes.append(f"time budget of {self.config.max_minutes:g} min reached at step {self.steps_done} of {self.config.steps}")
+        guard.restore(self.smol)
+
+
+def _write_trained(out: Path, overwrite: bool, run: _Run, data_record: dict[str, Any], result: TrainResult,
+                   device: torch.device) -> None:
+    """The trained supernet (adapters and their record in supernet.json) and its train_log.json, atomically."""
+    config, supernet, smol, guard = run.config, run.supernet, run.smol, run.guard
     section = {
-        "format": ADAPTERS_FORMAT, "mode": mode, "config": config.adapter.to_dict(), "file": "adapters.safetensors",
+        "format": ADAPTERS_FORMAT, "mode": config.adapter.mode, "config": config.adapter.to_dict(), "file": "adapters.safetensors",
         "gate": {"input": "layer-active mask (L) + width fractions (heads, kv_heads, ffn)",
                  "architecture": f"Linear({supernet.space.num_layers + 3},{config.adapter.gate_hidden})-Tanh-"
                                  f"Linear({config.adapter.gate_hidden},{supernet.space.num_layers}x{config.adapter.num_experts})",
                  "routing": f"per base layer top-{config.adapter.top_k} softmax; noise in training only"},
-        "training": {**config.to_dict(), "steps_done": steps_done,
-                     "kept_step": guard.kept_step if guard is not None else steps_done}, "data": data_record,
+        "training": {**config.to_dict(), "steps_done": run.steps_done,
+                     "kept_step": guard.kept_step if guard is not None else run.steps_done}, "data": data_record,
         "base_sha256": supernet.base_sha256, "parent_supernet_sha256": supernet.sha256(),
         "targets": targets_to_json(smol.targets),
     }
     trained = replace(supernet, adapters=section, adapter_tensors=adapter_tensors(smol))
     with atomic_directory(out, overwrite=overwrite) as tmp:
         trained.save(tmp)
-        write_json_atomic(tmp / TRAIN_LOG_FILE, {"seconds": round(train_seconds, 2), "threads": torch.get_num_threads(),
-                                                 "world_size": world, "device": str(device),
-                                                 "steps": steps_done, "mean_losses": mean_losses(losses),
-                                                 "losses": losses, "heldout": result.heldout, "guard": result.guard})
-    result.out = Path(out)
-    return result
+        write_json_atomic(tmp / TRAIN_LOG_FILE, {"seconds": round(result.seconds, 2), "threads": torch.get_num_threads(),
+                                                 "world_size": run.world, "device": str(device),
+                                                 "steps": run.steps_done, "mean_losses": mean_losses(run.losses),
+                                                 "losses": run.losses, "heldout": result.heldout, "guard": result.guard})
 
 
 # ---- processes -------------------------------------------------------------------------------
