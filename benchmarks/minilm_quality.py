@@ -36,7 +36,7 @@ from nas.search.factory import HeldoutAccuracy, ShapeTaskScores
 from nas.shape import Shape
 from nas.supernet.artifact import Supernet
 from nas.supernet.build import BuildConfig, build_supernet
-from nas.supernet.calibration import CalibrationConfig, prepare_data
+from nas.supernet.calibration import CalibrationConfig, heldout_batches
 from nas.supernet.evaluate import SubnetEvaluator
 from nas.supernet.judged import JUDGED_SETS, judged_sets
 from profilers.environment import cpu_slug
@@ -76,9 +76,8 @@ def heldout_cosine(scorer: ShapeTaskScores) -> HeldoutAccuracy:
     """The search's own accuracy (held-out cosine to the base, merged adapters) on the scorer's loaded model."""
     sn = scorer.supernet
     source = resolve_model(sn.base_source)
-    data = prepare_data(source.path, scorer.family, CalibrationConfig(**dict(sn.build_config.get("calibration") or {})),
-                        int(source.config_dict().get("vocab_size") or 1 << 62))
-    evaluator = SubnetEvaluator(scorer.net, scorer.family, sn.space, data.heldout)
+    heldout = heldout_batches(sn, source.path, scorer.family, int(source.config_dict().get("vocab_size") or 1 << 62))
+    evaluator = SubnetEvaluator(scorer.net, scorer.family, sn.space, heldout)
     return HeldoutAccuracy(evaluator, sn, scorer.net, scorer.family, "cosine", "maximize")
 
 

@@ -190,14 +190,13 @@ def _heldout_accuracy(supernet: Any, source_model: Any, checkpoint: Path) -> tup
     import torch
 
     from nas.modeling import load_model
-    from nas.supernet.calibration import CalibrationConfig, prepare_data
+    from nas.supernet.calibration import heldout_batches
     from nas.supernet.evaluate import SubnetEvaluator
 
     with torch.no_grad():
         base, family = load_model(source_model)
-        calibration = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
-        data = prepare_data(source_model.path, family, calibration, int(source_model.config_dict().get("vocab_size") or 1 << 62))
-        evaluator = SubnetEvaluator(base, family, supernet.space, data.heldout)
+        heldout = heldout_batches(supernet, source_model.path, family, int(source_model.config_dict().get("vocab_size") or 1 << 62))
+        evaluator = SubnetEvaluator(base, family, supernet.space, heldout)
         extracted, _ = load_model(str(checkpoint))
         metric = "perplexity" if family.kind == "decoder" else "cosine"
         return metric, float(evaluator.score_model(extracted).metrics[metric]), family

@@ -1,13 +1,14 @@
 """Ship a trained MiniLM supernet with the package: ``nas/assets/minilm-supernet/``, which the quickstart uses.
 
-    .venv/bin/python benchmarks/minilm_quality.py --minutes 30 --lr 2e-3 --num-train 8192 --batch-size 16 \\
-        --eval-every 100 --data english --work /tmp/mq --json /tmp/mq.json
+    .venv/bin/python benchmarks/minilm_quality.py --minutes 30 --lr 3e-3 --num-train 8192 --batch-size 16 \\
+        --eval-every 100 --corpus english --data english --work /tmp/mq --json /tmp/mq.json
     .venv/bin/python scripts/ship_minilm_supernet.py /tmp/mq/minilm-trained --report /tmp/mq.json
 
-The source must be a trained supernet (adapters) of the builtin MiniLM's exact weights, built with
-the default settings (so that the quickstart's search rebuilds the same held-out data from its
-record). Its files are copied atomically and a README is written from its training record and
-the benchmark's results (``--report``).
+The source must be a trained supernet (adapters) of the builtin MiniLM's exact weights that
+carries its held-out rows (every supernet built since they are stored does), so that the
+quickstart's search scores shapes on them without the corpus it was calibrated on. Its files
+are copied atomically and a README is written from its training record and the benchmark's
+results (``--report``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def readme(supernet: Supernet, log: dict, report: dict | None) -> str:
     training = dict((supernet.adapters or {}).get("training") or {})
     lines = ["# Fine-tuned MiniLM supernet (shipped)", "",
              "The supernet `anyshape quickstart` searches: sentence-transformers/all-MiniLM-L6-v2 (the builtin `minilm`)",
-             "made any-shape with the default settings, then fine-tuned with anyshape's recipe (SMoL adapters distilled",
+             f"made any-shape on the `{supernet.calibration.get('corpus')}` corpus (its held-out rows, stored in the supernet, "
+             "are what the quickstart's cosine is measured on), then fine-tuned with anyshape's recipe (SMoL adapters distilled",
              "from the frozen base, guard). Made by `scripts/ship_minilm_supernet.py` (its docstring has the commands).", "",
              f"- supernet sha256: `{supernet.sha256()}`; base weights sha256: `{supernet.base_sha256}`",
              f"- training: {training.get('steps_done')} steps (kept step {training.get('kept_step')}), "
@@ -58,6 +60,8 @@ def main() -> None:
     supernet = Supernet.load(args.source)
     if supernet.adapters is None:
         raise AnyshapeError(f"{args.source} is not a trained supernet (no adapters); run anyshape supernet train first")
+    if supernet.heldout_inputs is None:
+        raise AnyshapeError(f"{args.source} stores no held-out rows (built by an older anyshape); rebuild and retrain it")
     if supernet.base_sha256 != weights_sha256(resolve_model("minilm").path):
         raise AnyshapeError(f"{args.source} is a supernet of other base weights than the builtin minilm")
     log_path = args.source / "train_log.json"

@@ -215,3 +215,36 @@ def test_score_model_of_the_base_equals_its_full_score(tok_model: Callable[[str]
     data = prepare_data(tok_model("llama"), family, SMALL, 96)
     evaluator = SubnetEvaluator(model, family, space, data.heldout)
     assert abs(evaluator.score_model(model).loss - evaluator.full_score().loss) <= 1e-9
+
+
+def test_the_supernet_carries_its_held_out_rows(tok_model: Callable[[str], Path], tmp_path: Path) -> None:
+    """Built on a text file that is gone where it is used, a supernet still scores shapes on its held-out
+    rows (stored in supernet.safetensors); rows that do not match the record are refused; a supernet
+    saved without them rebuilds them from its record as before."""
+    import shutil
+
+    from nas.families import family_for
+    from nas.supernet.calibration import heldout_batches, prepare_data, tokens_sha256
+
+    model = tok_model("bert")
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(f"paragraph {i} says something about topic {i % 7} and then some more words." for i in range(40)))
+    config = CalibrationConfig(calib_text=str(text), num_calib=4, num_heldout=6, seq_len=16, batch_size=4, seed=0)
+    out = tmp_path / "sn"
+    build_supernet(str(model), out, BuildConfig(calibration=config), progress=False)
+    family = family_for(json.loads((model / "config.json").read_text()))
+    expected = prepare_data(model, family, config, 1 << 30).heldout
+    text.unlink()  # the calibration text is not where the supernet is used
+    sn = Supernet.load(out)
+    assert sn.heldout_inputs is not None and tokens_sha256(dict(sn.heldout_inputs)) == sn.calibration["heldout_sha256"]
+    got = heldout_batches(sn, model, family, 1 << 30)
+    assert len(got) == len(expected) >= 1 and all(torch.equal(a[k], b[k]) for a, b in zip(got, expected) for k in a)
+    tampered = Supernet.load(out)
+    object.__setattr__(tampered, "heldout_inputs", {k: v.flip(0) for k, v in sn.heldout_inputs.items()})
+    with pytest.raises(AnyshapeError, match="do not match its record"):
+        heldout_batches(tampered, model, family, 1 << 30)
+    old = Supernet.load(out)
+    object.__setattr__(old, "heldout_inputs", None)  # a supernet from before the rows were stored
+    with pytest.raises(AnyshapeError, match="does not exist"):
+        heldout_batches(old, model, family, 1 << 30)  # it rebuilds them from the text, which is gone
+    shutil.rmtree(out)

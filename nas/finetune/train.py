@@ -378,14 +378,10 @@ def training_data(model_path: Path, family: Any, supernet: Any, config: Finetune
 
 
 def heldout_data(model_path: Path, family: Any, supernet: Any, vocab: int) -> list[Batch]:
-    """The supernet's own held-out batches (rebuilt from its calibration record), as the search uses."""
-    from nas.supernet.calibration import CalibrationConfig, prepare_data
+    """The supernet's own held-out batches, as the search uses."""
+    from nas.supernet.calibration import heldout_batches
 
-    calib = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
-    data = prepare_data(model_path, family, calib, vocab)
-    if data.record.get("heldout_sha256") != (supernet.calibration or {}).get("heldout_sha256"):
-        raise AnyshapeError("the held-out data rebuilt from the supernet's record differs from the one it was built with")
-    return data.heldout
+    return heldout_batches(supernet, model_path, family, vocab)
 
 
 def batch_index(step: int, n: int, seed: int) -> int:

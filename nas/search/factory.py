@@ -1,7 +1,7 @@
 """The real search problem: a supernet's shapes, held-out accuracy, a table's latency predictor.
 
 Accuracy is the supernet's own masked forward (with a trained supernet's adapters merged for
-the shape) on the held-out batches of its calibration record (the same data in every worker, rebuilt from the recorded config): perplexity for
+the shape) on the supernet's held-out batches (the token rows it stores, the same in every worker): perplexity for
 decoders (minimised; ``--metric token_accuracy``: the share of next tokens predicted, maximised), mean cosine to the full model's sentence
 embeddings for encoders (maximised), or a task of the user's labelled data (``--metric pairs:FILE | labels:FILE``,
 :mod:`nas.supernet.tasks`, maximised). Latency is the predictor of the device/runtime table for the base model, with this machine's
@@ -118,7 +118,7 @@ def supernet_problem(config: Any) -> SearchProblem:
 
     from nas.modeling import load_model
     from nas.predictor.api import predictor_for
-    from nas.supernet.calibration import CalibrationConfig, prepare_data
+    from nas.supernet.calibration import CalibrationConfig, heldout_batches
     from nas.supernet.cut import load_supernet_for
     from nas.supernet.evaluate import SubnetEvaluator
 
@@ -137,10 +137,8 @@ def supernet_problem(config: Any) -> SearchProblem:
     torch.manual_seed(config.seed)
     net, family = load_model(source)
     calibration = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
-    data = prepare_data(source.path, family, calibration, int(source.config_dict().get("vocab_size") or 1 << 62))
-    if data.record.get("heldout_sha256") and data.record.get("heldout_sha256") != (supernet.calibration or {}).get("heldout_sha256"):
-        raise AnyshapeError("the held-out data rebuilt from the supernet's record differs from the one it was built with")
-    evaluator: Any = SubnetEvaluator(net, family, supernet.space, data.heldout)
+    heldout = heldout_batches(supernet, source.path, family, int(source.config_dict().get("vocab_size") or 1 << 62))
+    evaluator: Any = SubnetEvaluator(net, family, supernet.space, heldout)
     metric, direction = ("perplexity", "minimize") if family.kind == "decoder" else ("cosine", "maximize")
     task_record = None
     spec = args.get("metric")

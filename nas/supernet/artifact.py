@@ -4,7 +4,10 @@
                           depth tables (layers and calibration / held-out loss per depth),
                           width method, bias compensation, calibration record, build config
     supernet.safetensors  orders.heads / orders.kv_heads / orders.ffn (int64, one row per layer);
-                          with bias compensation: stats.attn_mean (L, H*head_dim), stats.ffn_mean (L, F)
+                          with bias compensation: stats.attn_mean (L, H*head_dim), stats.ffn_mean (L, F);
+                          heldout.input_ids / heldout.attention_mask (...): the held-out token rows the
+                          search and verify score shapes on, so the supernet needs none of its calibration
+                          text where it is used (supernets built before they were stored rebuild them)
     adapters.safetensors  only in a trained supernet (``anyshape supernet train``): the SMoL LoRA
                           experts and gate; ``supernet.json`` then has an ``adapters`` section
                           (format, mode, K, rank, top-k, gate, targets, training config, data hash)
@@ -34,6 +37,7 @@ SUPERNET_FILE = "supernet.json"
 TENSORS_FILE = "supernet.safetensors"
 BUILD_LOG_FILE = "build_log.json"
 ADAPTERS_FILE = "adapters.safetensors"
+HELDOUT_PREFIX = "heldout."
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class Supernet:
     #: the ``adapters`` section of a trained supernet (None: untrained) and its tensors
     adapters: Mapping[str, Any] | None = None
     adapter_tensors: Mapping[str, torch.Tensor] | None = field(default=None, compare=False)
+    #: The held-out token rows (input_ids, attention_mask, ...), checked against ``calibration.heldout_sha256``.
+    heldout_inputs: Mapping[str, torch.Tensor] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.default_depth_table not in self.depth_tables:
@@ -137,6 +143,8 @@ class Supernet:
             assert self.attn_mean is not None and self.ffn_mean is not None
             out["stats.attn_mean"] = self.attn_mean.float().contiguous()
             out["stats.ffn_mean"] = self.ffn_mean.float().contiguous()
+        for key, value in (self.heldout_inputs or {}).items():
+            out[f"{HELDOUT_PREFIX}{key}"] = value.to(torch.int64).contiguous()
         return out
 
     def save(self, directory: Path) -> None:
@@ -195,6 +203,7 @@ class Supernet:
             path=directory.resolve(),
             adapters=adapters,
             adapter_tensors=adapter_tensors,
+            heldout_inputs={k[len(HELDOUT_PREFIX):]: v for k, v in tensors.items() if k.startswith(HELDOUT_PREFIX)} or None,
         )
 
     def sha256(self) -> str:

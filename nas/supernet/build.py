@@ -124,6 +124,7 @@ def build_supernet(
         bias_compensation=config.bias_compensation,
         attn_mean=stats.attn_mean if stats is not None and config.bias_compensation else None,
         ffn_mean=stats.ffn_mean if stats is not None and config.bias_compensation else None,
+        heldout_inputs=data.heldout_inputs,
     )
     with atomic_directory(out, overwrite=overwrite) as tmp:
         supernet.save(tmp)

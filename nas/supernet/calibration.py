@@ -68,6 +68,7 @@ class CalibrationData:
     calib: list[Batch]
     heldout: list[Batch]
     record: dict[str, Any]
+    heldout_inputs: dict[str, torch.Tensor] | None = None  # the held-out rows before batching
 
 
 def load_tokenizer(model_path: Path) -> Any:
@@ -123,7 +124,25 @@ def prepare_data(model_path: Path, family: ModelFamily, config: CalibrationConfi
         calib=list(iter_batches(calib, config.batch_size)),
         heldout=list(iter_batches(heldout, config.batch_size)),
         record=record,
+        heldout_inputs=heldout,
     )
+
+
+def heldout_batches(supernet: Any, model_path: Path, family: ModelFamily, vocab_size: int) -> list[Batch]:
+    """The supernet's held-out batches, what the search, verify and fine-tuning score shapes on: the
+    token rows stored in the supernet, else rebuilt from its calibration record (older supernets;
+    their text must be on this machine). Either way they must hash to the recorded ``heldout_sha256``."""
+    config = CalibrationConfig(**dict(supernet.build_config.get("calibration") or {}))
+    expected = (supernet.calibration or {}).get("heldout_sha256")
+    if supernet.heldout_inputs is not None:
+        inputs = dict(supernet.heldout_inputs)
+        if expected and tokens_sha256(inputs) != expected:
+            raise AnyshapeError("the supernet's stored held-out rows do not match its record (heldout_sha256); rebuild the supernet")
+        return list(iter_batches(inputs, config.batch_size))
+    data = prepare_data(model_path, family, config, vocab_size)
+    if expected and data.record.get("heldout_sha256") != expected:
+        raise AnyshapeError("the held-out data rebuilt from the supernet's record differs from the one it was built with")
+    return data.heldout
 
 
 def tokens_sha256(inputs: dict[str, torch.Tensor]) -> str:
