@@ -18,9 +18,10 @@ Everything is written under ``studies/quickstart/``; a new run replaces the prev
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,14 @@ def run_quickstart(
 ) -> QuickstartResult:
     """Run the pipeline end to end; ``say`` receives one line per stage (``calibration_shapes``: K of the
     calibration); ``progress``: bars and phase lines on stderr for the stages that take more than a moment."""
-    from nas.predictor.api import predictor_for
-    from nas.predictor.calibration import calibrate, is_calibrated
-    from nas.search.export import export_study
+    from nas.families import family_for
+    from nas.hub import resolve_model
     from nas.search.run import SearchConfig, run_search
-    from nas.search.storage import load_study, pareto_trials
     from nas.supernet.artifact import Supernet
     from nas.verify import measure_latency, verify
     from profilers.environment import cpu_slug
     from profilers.protocol import live_protocol
+    from profilers.tables import find_tables_root
 
     if not 0 < budget_fraction <= 1:
         raise AnyshapeError(f"budget fraction is {budget_fraction}; allowed range (0, 1]")
@@ -105,81 +105,88 @@ def run_quickstart(
     workload = Workload()
     seconds: dict[str, float] = {}
 
-    t = time.perf_counter()
-    supernet_dir = _supernet(model, out / "supernet", say, progress)
-    supernet = Supernet.load(supernet_dir)
-    seconds["supernet"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    from profilers.tables import find_tables_root
-
-    tables_root, table_name, prior = _table(model, device, runtime, find_tables_root(tables), out, say, progress)
-    seconds["table"] = time.perf_counter() - t
-    t = time.perf_counter()
-    calibration = calibrate(device, runtime, model, tables_root=tables_root, table=table_name, prior=prior, workloads=[workload],
-                            shapes=calibration_shapes, seed=seed, say=say, progress=progress).record
-    summary = calibration.workloads[workload.name].summary()
-    say(f"calibrated against {calibration.prior.get('label')}: prediction error on the {summary['k']} shapes timed here "
-        f"{summary['mape_before']:.1%} before, {summary['mape_after_loo']:.1%} after (leave-one-out)")
-    predictor, _ = predictor_for(device, runtime, model, tables_root=tables_root, table=table_name, allow_lut_only=True)
-    if not is_calibrated(predictor, workload):
-        raise AnyshapeError("the calibration just made does not apply (see the note above); run anyshape calibrate to see why")
-    say(f"predictor: {predictor.chosen} on {predictor.label}")
-    seconds["calibrate"] = time.perf_counter() - t
+    with _timed(seconds, "supernet"):
+        supernet_dir = _supernet(model, out / "supernet", say, progress)
+        supernet = Supernet.load(supernet_dir)
+    with _timed(seconds, "table"):
+        tables_root, table_name, prior = _table(model, device, runtime, find_tables_root(tables), out, say, progress)
+    with _timed(seconds, "calibrate"):
+        predictor, summary = _calibrated_predictor(device, runtime, model, tables_root, table_name, prior, workload,
+                                                   calibration_shapes, seed, say, progress)
 
     full = supernet.space.full_shape()
     budget_ms = round(float(predictor.predict([full], workload)[0]) * budget_fraction, 3)
     study_dir = out / "study"
     shutil.rmtree(study_dir, ignore_errors=True)
     config = SearchConfig(
-        study="quickstart",
-        trials=trials,
-        factory="nas.search.factory:supernet_problem",
+        study="quickstart", trials=trials, factory="nas.search.factory:supernet_problem",
         factory_args={"supernet": str(supernet_dir), "tables": str(tables_root), "table": table_name, "calibrated": True},
-        device=device,
-        runtime=runtime,
-        workload=workload,
-        storage=f"sqlite:///{study_dir / 'study.db'}",
-        seed=seed,
+        device=device, runtime=runtime, workload=workload, storage=f"sqlite:///{study_dir / 'study.db'}", seed=seed,
         latency_budget_ms=budget_ms,
-    )
+    )  # fmt: skip
     say(f"search: {trials} trials, NSGA-II, latency budget {budget_ms:g} ms ({budget_fraction:.0%} of the full model's prediction)")
-    t = time.perf_counter()
-    run_search(config, progress=progress)
-    seconds["search"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    export = export_study(config.storage_url, "quickstart", out / "pareto")
-    study = load_study(config.storage_url, "quickstart")
-    front = pareto_trials(study)
-    maximize = study.directions[0].name == "MAXIMIZE"
-    best = max(front, key=lambda tr: tr.values[0] if maximize else -tr.values[0])
-    best_config = next(p for p in export.configs if p.name.endswith(f"-t{best.number}.yaml"))
-    say(f"export: {len(export.configs)} Pareto configs; best under the budget: trial {best.number} {best.user_attrs['shape']}")
-    seconds["export"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    checkpoint = out / "best"
-    result = verify(best_config, device, runtime, out=checkpoint, storage=config.storage_url, progress=progress)
-    from nas.hub import resolve_model
-    from nas.modeling import load_model
-
-    source = resolve_model(model)
-    _, family = load_model(source)
-    full_measured = measure_latency(source, family, full, workload, runtime, "cpu", live_protocol())
-    seconds["verify"] = time.perf_counter() - t
-    t = time.perf_counter()
-    task_scores = _task_scores(supernet_dir, family.kind, supernet.resolve_shape(result.shape), say)
-    seconds["tasks"] = time.perf_counter() - t
+    with _timed(seconds, "search"):
+        run_search(config, progress=progress)
+    with _timed(seconds, "export"):
+        pareto_configs, best, best_config = _export_best(config.storage_url, out / "pareto", say)
+    with _timed(seconds, "verify"):
+        result = verify(best_config, device, runtime, out=out / "best", storage=config.storage_url, progress=progress)
+        source = resolve_model(model)
+        family = family_for(source.config_dict())
+        full_measured = measure_latency(source, family, full, workload, runtime, "cpu", live_protocol())
+    with _timed(seconds, "tasks"):
+        task_scores = _task_scores(supernet_dir, family.kind, supernet.resolve_shape(result.shape), say)
     return QuickstartResult(
         out=out, device=device, runtime=runtime, workload=workload.name, budget_ms=budget_ms, supernet=supernet_dir,
         table=predictor.label, table_source=predictor.source, predictor=predictor.chosen, trials=trials,
-        pareto_configs=len(export.configs), best_config=best_config, best_shape=result.shape, metric=result.metric,
+        pareto_configs=pareto_configs, best_config=best_config, best_shape=result.shape, metric=result.metric,
         best_accuracy=result.measured_accuracy, predicted_latency_ms=float(best.values[1]),
         measured_latency_ms=result.measured_latency_ms, full_latency_ms=full_measured.latency_ms_p50, seconds=seconds,
         measured_latency_ms_table_speed=result.measured_latency_ms_table_speed, calibration=summary,
         trained=supernet.adapters is not None, task_scores=task_scores,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the block's wall time to ``seconds[stage]`` (the quickstart's closing line)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = time.perf_counter() - start
+
+
+def _calibrated_predictor(device: str, runtime: str, model: str, tables_root: Path, table: str, prior: str, workload: Workload,
+                          shapes: int, seed: int, say: Callable[[str], None], progress: bool) -> tuple[Any, dict[str, Any]]:
+    """Calibrate the table's predictor to this machine (``anyshape calibrate``) and load it calibrated."""
+    from nas.predictor.api import predictor_for
+    from nas.predictor.calibration import calibrate, is_calibrated
+
+    record = calibrate(device, runtime, model, tables_root=tables_root, table=table, prior=prior, workloads=[workload],
+                       shapes=shapes, seed=seed, say=say, progress=progress).record
+    summary = record.workloads[workload.name].summary()
+    say(f"calibrated against {record.prior.get('label')}: prediction error on the {summary['k']} shapes timed here "
+        f"{summary['mape_before']:.1%} before, {summary['mape_after_loo']:.1%} after (leave-one-out)")
+    predictor, _ = predictor_for(device, runtime, model, tables_root=tables_root, table=table, allow_lut_only=True)
+    if not is_calibrated(predictor, workload):
+        raise AnyshapeError("the calibration just made does not apply (see the note above); run anyshape calibrate to see why")
+    say(f"predictor: {predictor.chosen} on {predictor.label}")
+    return predictor, summary
+
+
+def _export_best(storage: str, out: Path, say: Callable[[str], None]) -> tuple[int, Any, Path]:
+    """Export the study's feasible front; (configs written, the most accurate trial, its config file)."""
+    from nas.search.export import export_study
+    from nas.search.storage import load_study, pareto_trials
+
+    export = export_study(storage, "quickstart", out)
+    study = load_study(storage, "quickstart")
+    maximize = study.directions[0].name == "MAXIMIZE"
+    best = max(pareto_trials(study), key=lambda tr: tr.values[0] if maximize else -tr.values[0])
+    best_config = next(p for p in export.configs if p.name.endswith(f"-t{best.number}.yaml"))
+    say(f"export: {len(export.configs)} Pareto configs; best under the budget: trial {best.number} {best.user_attrs['shape']}")
+    return len(export.configs), best, best_config
 
 
 #: model alias -> the trained supernet shipped for it.
