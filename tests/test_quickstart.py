@@ -37,6 +37,7 @@ def test_quickstart_end_to_end(tmp_path, gensim_wheel, capsys):
     # --json: one JSON document on stdout, nothing of the stages on stderr
     from nas.cli import main
 
+    capsys.readouterr()  # what the runs above printed
     code = main(["quickstart", "--out", str(tmp_path / "qs"), "--trials", "4", "--calibration-shapes", "3", "--json"])
     out = capsys.readouterr()
     data = json.loads(out.out)
