@@ -1,6 +1,8 @@
 """Train the reference decoder: a 12-layer Llama-architecture model on the offline corpus.
 
-    nohup .venv/bin/python scripts/train_reference_decoder.py --out nas/assets/ref-llama-12l > train.log 2>&1 &
+    anyshape corpus build english
+    nohup .venv/bin/python scripts/train_reference_decoder.py --out nas/assets/ref-llama-12l \\
+        --corpus english stdlib-docs --steps 1200 --warmup 60 > train.log 2>&1 &
 
 No pretrained decoder can be downloaded here, so the supernet's quality work on decoders uses
 this one. It trains its own byte-level BPE tokenizer (``tokenizers``) on the calibration pool of
@@ -218,12 +220,15 @@ pretrained one. Builtin alias: `ref-decoder`. It is a test article, not a useful
 - Training: {a['steps']} steps of {a['batch']} random windows of {a['seq_len']} tokens
   ({a['steps'] * a['batch'] * a['seq_len']:,} tokens seen), AdamW (betas 0.9/0.95, weight decay 0.1),
   peak lr {a['lr']} with {a['warmup']} warm-up steps and cosine decay to 10%, grad clip 1.0, seed {a['seed']},
-  {a['threads']} CPU thread(s), torch {report['torch']}; {report['minutes']} minutes on a 2-core CPU.
+  {a['threads']} CPU thread(s), torch {report['torch']}; {report['curve'][-1]['minutes']} minutes of training and
+  {report['minutes']} in all (with the held-out evaluation) on a 2-core CPU shared with other jobs.
 - **Held-out perplexity: {report['heldout_perplexity']}** (mean NLL {report['heldout_nll']} nats/token over
   {report['heldout_tokens_evaluated']:,} predicted tokens in non-overlapping windows of {a['seq_len']}).
 
-Reproduce: `.venv/bin/python scripts/train_reference_decoder.py --out DIR` (same seed, same
-thread count → same weights).
+Reproduce (same seed, same thread count: same weights):
+
+    .venv/bin/python scripts/train_reference_decoder.py --out DIR --corpus {' '.join(a.get('corpus', ['stdlib-docs']))} \\
+        --steps {a['steps']} --warmup {a['warmup']} --lr {a['lr']} --threads {a['threads']}
 
 ## Loss curve
 
