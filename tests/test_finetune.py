@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_word_tokenizer
 
 from nas.adapters.smol import SMoL, adapted, lora_targets, smol_from_supernet
 from nas.errors import AnyshapeError
@@ -24,19 +25,6 @@ SMALL = CalibrationConfig(num_calib=4, num_heldout=4, seq_len=16, batch_size=2, 
 QUICK = dict(steps=4, batch_size=2, num_train=4, num_random=1, checkpoint_every=2, lr=1e-2, guard=False, num_val=2)
 
 
-def _save_word_tokenizer(path: Path, vocab_size: int) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from nas.supernet.data import load_corpus
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=["[UNK]", "[PAD]", "[EOS]"], show_progress=False)
-    tok.train_from_iterator([d.text for d in load_corpus()[:300]], trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]").save_pretrained(path)
-
-
 @pytest.fixture(scope="module")
 def supernet_of(tiny_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``supernet_of("llama")``: a tiny supernet (min depth 2, bias compensation where the family has it)."""
@@ -46,7 +34,7 @@ def supernet_of(tiny_model: Callable[[str], Path], tmp_path_factory: pytest.Temp
         if name not in cache:
             root = tmp_path_factory.mktemp(f"ft-{name}")
             shutil.copytree(tiny_model(name), root / "model")
-            _save_word_tokenizer(root / "model", 96)
+            save_word_tokenizer(root / "model", 96)
             config = BuildConfig(min_depth=2, bias_compensation=name in ("llama", "bert"), calibration=SMALL)
             build_supernet(str(root / "model"), root / "supernet", config, progress=False)
             cache[name] = root / "supernet"
@@ -567,3 +555,33 @@ def test_validation_rows_mix_passages_and_short_spans(supernet_of: Callable[[str
     assert record["num_val"] == 8 and record["short_spans"] == 0.5 and len(lengths) == 8
     assert min(lengths) < 12 and max(lengths) > 20  # both kinds are validated
     assert any(b["input_ids"].shape[1] < 20 for b in train)  # batches of spans are short
+
+
+def test_guard_validates_on_documents_no_step_trains_on(supernet_of: Callable[[str], Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each document repeats one word of its own: the validation windows share no word with the
+    training windows, so the guard sees text from documents the adapters never fit."""
+    import json
+
+    from nas.finetune.train import training_data
+    from nas.hub import resolve_model
+    from nas.modeling import load_model
+
+    sn = Supernet.load(supernet_of("llama"))
+    source = resolve_model(sn.base_source)
+    vocab = json.loads((source.path / "tokenizer.json").read_text())["model"]["vocab"]
+    words = [w for w in vocab if w not in ("[UNK]", "[PAD]", "[EOS]") and w.isalpha()][:80]
+    text = tmp_path / "docs.txt"
+    text.write_text("\n\n".join(" ".join([word] * 60) for word in words))
+    _, family = load_model(source)
+    config = FinetuneConfig(data=str(text), num_train=24, num_val=6, seq_len=16, batch_size=4)
+    train, val, record = training_data(source.path, family, sn, config, 96)
+    special = {vocab["[EOS]"], vocab["[PAD]"], vocab["[UNK]"]}
+    seen = {int(t) for b in train for t in b["input_ids"].flatten()} - special
+    checked = {int(t) for b in val for t in b["input_ids"].flatten()} - special
+    assert seen and checked and not seen & checked
+    assert record["validation"].startswith("documents") and record["num_val"] == 6
+    # a pool too small to set a tenth of its documents aside (here: a share that leaves none): rows spread over the training ones
+    monkeypatch.setattr("nas.finetune.train.VALIDATION_FRACTION", 1e-9)
+    _, val, record = training_data(source.path, family, sn, config, 96)
+    assert record["validation"].startswith("rows") and sum(b["input_ids"].shape[0] for b in val) == 6

@@ -38,6 +38,9 @@ from nas.finetune.distill import ShapeSampler, eval_shapes, mean_losses, sandwic
 from nas.supernet.evaluate import Batch
 
 STATE_FILE = "state.pt"
+#: The guard's validation documents: this share of the training pool's documents, by a keyed hash (seed).
+VALIDATION_FRACTION = 0.1
+VALIDATION_SPLIT_SEED = 1
 TRAIN_LOG_FILE = "train_log.json"
 
 
@@ -346,33 +349,42 @@ def training_data(model_path: Path, family: Any, supernet: Any, config: Finetune
                   vocab: int) -> tuple[list[Batch], list[Batch], dict[str, Any]]:
     """Training and validation batches from the calibration pool (or ``config.data``), never the held-out pool.
 
-    ``num_train + num_val`` sequences are drawn; ``num_val`` rows spread evenly over them (passages
-    and short spans alike) are the guard's validation rows, which no step trains on. Batches carry
-    no padding column that none of their rows uses.
+    The guard's ``num_val`` validation rows come from documents no training row comes from (a
+    seeded tenth of the pool's documents), so that a state which only fits the training documents
+    better does not pass for one that generalises; a text of too few documents to split gives them
+    from rows spread over the training rows instead, and the record says which. Batches carry no
+    padding column that none of their rows uses.
     """
-    from nas.supernet.calibration import CalibrationConfig, prepare_data
+    from nas.supernet import data as corpus
+    from nas.supernet.calibration import CalibrationConfig, documents, load_tokenizer, token_rows, tokens_sha256
     from nas.supernet.evaluate import iter_batches, trim_padding
 
     base = dict(supernet.build_config.get("calibration") or {})
     seq_len = config.seq_len or int(base.get("seq_len") or 128)
-    from nas.supernet.data import KNOWN_CORPORA
-
-    text = {"corpus": config.data} if config.data in KNOWN_CORPORA else {"calib_text": config.data}
+    text = {"corpus": config.data} if config.data in corpus.KNOWN_CORPORA else {"calib_text": config.data}
     spans = config.short_spans if family.kind == "encoder" else 0.0
-    calib = CalibrationConfig(**text, num_calib=config.num_train + config.num_val, num_heldout=1,
-                              seq_len=seq_len, batch_size=config.batch_size, seed=config.seed, short_spans=spans)
-    data = prepare_data(model_path, family, calib, vocab, text_option="--data")
-    rows = {k: torch.cat([b[k] for b in data.calib]) for k in data.calib[0]}
-    n = next(iter(rows.values())).shape[0]
-    if n <= config.num_val:
-        raise AnyshapeError(f"the training text gives {n} sequences of {seq_len} tokens, not more than the "
-                            f"{config.num_val} validation ones (--num-val); give more text or a smaller --num-val")
-    held = torch.zeros(n, dtype=torch.bool)
-    held[torch.linspace(0, n - 1, config.num_val).round().long()] = True
-    train = {k: v[~held] for k, v in rows.items()}
-    val = {k: v[held] for k, v in rows.items()}
-    record = {k: data.record[k] for k in ("corpus", "seed", "seq_len", "calib_tokens", "calib_sha256")}
-    record.update(num_calib=int((~held).sum()), num_val=int(held.sum()), short_spans=spans)
+    calib = CalibrationConfig(**text, num_calib=config.num_train, num_heldout=1, seq_len=seq_len, batch_size=config.batch_size,
+                              seed=config.seed, short_spans=spans)
+    pool, _ = corpus.split_documents(documents(calib, "--data"))  # the held-out documents are never trained or validated on
+    tokenizer = load_tokenizer(model_path)
+    try:
+        fit_docs, val_docs = corpus.split_documents(pool, seed=VALIDATION_SPLIT_SEED, heldout_fraction=VALIDATION_FRACTION)
+        train = token_rows(tokenizer, family, fit_docs, config.num_train, seq_len, config.seed, vocab, spans)
+        val = token_rows(tokenizer, family, val_docs, config.num_val, seq_len, config.seed + 2, vocab, spans)
+        validation = "documents no training row comes from"
+    except AnyshapeError:  # too few documents (or too little text) to set a tenth aside
+        rows = token_rows(tokenizer, family, pool, config.num_train + config.num_val, seq_len, config.seed, vocab, spans)
+        n = next(iter(rows.values())).shape[0]
+        if n <= config.num_val:
+            raise AnyshapeError(f"the training text gives {n} sequences of {seq_len} tokens, not more than the "
+                                f"{config.num_val} validation ones (--num-val); give more text or a smaller --num-val") from None
+        held = torch.zeros(n, dtype=torch.bool)
+        held[torch.linspace(0, n - 1, config.num_val).round().long()] = True
+        train, val = {k: v[~held] for k, v in rows.items()}, {k: v[held] for k, v in rows.items()}
+        validation = "rows spread over the training documents (too few documents to set some aside)"
+    record = {"corpus": calib.corpus_name, "seed": config.seed, "seq_len": seq_len, "calib_tokens": int(train["attention_mask"].sum()),
+              "calib_sha256": tokens_sha256(train), "num_calib": int(train["input_ids"].shape[0]),
+              "num_val": int(val["input_ids"].shape[0]), "short_spans": spans, "validation": validation}
     return ([trim_padding(b) for b in iter_batches(train, config.batch_size)],
             [trim_padding(b) for b in iter_batches(val, config.batch_size)], record)
 

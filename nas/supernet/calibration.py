@@ -90,20 +90,10 @@ def prepare_data(model_path: Path, family: ModelFamily, config: CalibrationConfi
     ``text_option`` is the command-line option ``config.calib_text`` came from (``--data`` when
     fine-tuning), so that errors about that path name it.
     """
-    if config.calib_text is not None:
-        docs = corpus.load_documents(config.calib_text, option=text_option)
-    elif config.calib_dataset is not None:
-        docs = corpus.load_hf_dataset(config.calib_dataset)
-    else:
-        docs = corpus.load_corpus(config.corpus)
-    calib_docs, heldout_docs = corpus.split_documents(docs)
+    calib_docs, heldout_docs = corpus.split_documents(documents(config, text_option))
     tokenizer = load_tokenizer(model_path)
-    if family.kind == "decoder":
-        calib = _windows(tokenizer, [d.text for d in calib_docs], config.num_calib, config.seq_len, config.seed, vocab_size)
-        heldout = _windows(tokenizer, [d.text for d in heldout_docs], config.num_heldout, config.seq_len, config.seed + 1, vocab_size)
-    else:
-        calib = _sentences(tokenizer, calib_docs, config.num_calib, config.seq_len, config.seed, vocab_size, config.short_spans)
-        heldout = _sentences(tokenizer, heldout_docs, config.num_heldout, config.seq_len, config.seed + 1, vocab_size)
+    calib = token_rows(tokenizer, family, calib_docs, config.num_calib, config.seq_len, config.seed, vocab_size, config.short_spans)
+    heldout = token_rows(tokenizer, family, heldout_docs, config.num_heldout, config.seq_len, config.seed + 1, vocab_size)
     record = {
         "corpus": config.corpus_name,
         "split": {"seed": corpus.SPLIT_SEED, "heldout_fraction": corpus.HELDOUT_FRACTION,
@@ -143,6 +133,23 @@ def heldout_batches(supernet: Any, model_path: Path, family: ModelFamily, vocab_
     if expected and data.record.get("heldout_sha256") != expected:
         raise AnyshapeError("the held-out data rebuilt from the supernet's record differs from the one it was built with")
     return data.heldout
+
+
+def documents(config: CalibrationConfig, text_option: str = "--calib-text") -> list[corpus.Document]:
+    """The configured text as documents: a text / JSON-lines file or folder, a Hugging Face dataset, or a builtin corpus."""
+    if config.calib_text is not None:
+        return corpus.load_documents(config.calib_text, option=text_option)
+    if config.calib_dataset is not None:
+        return corpus.load_hf_dataset(config.calib_dataset)
+    return corpus.load_corpus(config.corpus)
+
+
+def token_rows(tokenizer: Any, family: ModelFamily, docs: list[corpus.Document], count: int, seq_len: int, seed: int,
+               vocab_size: int, short_spans: float = 0.0) -> dict[str, torch.Tensor]:
+    """``count`` seeded rows of ``docs``: token windows (decoders) or padded sentences (encoders)."""
+    if family.kind == "decoder":
+        return _windows(tokenizer, [d.text for d in docs], count, seq_len, seed, vocab_size)
+    return _sentences(tokenizer, docs, count, seq_len, seed, vocab_size, short_spans)
 
 
 def tokens_sha256(inputs: dict[str, torch.Tensor]) -> str:
