@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [SECTION, "",
-             "    .venv/bin/python benchmarks/minilm_quality.py --minutes M --data CORPUS --lr LR --json FILE   # one per run",
+             "    .venv/bin/python benchmarks/minilm_quality.py --minutes M --corpus CORPUS --data CORPUS --lr LR --json FILE   # one per run",
              "    .venv/bin/python benchmarks/minilm_quality.py --report FILE... --write-docs", "",
              "Each run: the recipe (SMoL K = 5, distilled from the frozen base, guard validating on rows of the training "
              "text) for at most the budget's training minutes, then the untrained and the trained supernet scored side by "

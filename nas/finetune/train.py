@@ -350,8 +350,9 @@ def training_data(model_path: Path, family: Any, supernet: Any, config: Finetune
     """Training and validation batches from the calibration pool (or ``config.data``), never the held-out pool.
 
     The guard's ``num_val`` validation rows come from documents no training row comes from (a
-    seeded tenth of the pool's documents), so that a state which only fits the training documents
-    better does not pass for one that generalises; a text of too few documents to split gives them
+    seeded tenth of the pool's documents), at the supernet's own sequence length (the one the
+    search scores at, whatever ``seq_len`` training uses), so that a state which only fits the
+    training documents, or the training length, better does not pass for one that generalises; a text of too few documents to split gives them
     from rows spread over the training rows instead, and the record says which. Batches carry no
     padding column that none of their rows uses.
     """
@@ -360,7 +361,8 @@ def training_data(model_path: Path, family: Any, supernet: Any, config: Finetune
     from nas.supernet.evaluate import iter_batches, trim_padding
 
     base = dict(supernet.build_config.get("calibration") or {})
-    seq_len = config.seq_len or int(base.get("seq_len") or 128)
+    eval_len = int(base.get("seq_len") or 128)
+    seq_len = config.seq_len or eval_len
     text = {"corpus": config.data} if config.data in corpus.KNOWN_CORPORA else {"calib_text": config.data}
     spans = config.short_spans if family.kind == "encoder" else 0.0
     calib = CalibrationConfig(**text, num_calib=config.num_train, num_heldout=1, seq_len=seq_len, batch_size=config.batch_size,
@@ -370,7 +372,8 @@ def training_data(model_path: Path, family: Any, supernet: Any, config: Finetune
     try:
         fit_docs, val_docs = corpus.split_documents(pool, seed=VALIDATION_SPLIT_SEED, heldout_fraction=VALIDATION_FRACTION)
         train = token_rows(tokenizer, family, fit_docs, config.num_train, seq_len, config.seed, vocab, spans)
-        val = token_rows(tokenizer, family, val_docs, config.num_val, seq_len, config.seed + 2, vocab, spans)
+        # at the length the search scores shapes at: a state that fits short training windows can lose further on
+        val = token_rows(tokenizer, family, val_docs, config.num_val, eval_len, config.seed + 2, vocab, spans)
         validation = "documents no training row comes from"
     except AnyshapeError:  # too few documents (or too little text) to set a tenth aside
         rows = token_rows(tokenizer, family, pool, config.num_train + config.num_val, seq_len, config.seed, vocab, spans)
