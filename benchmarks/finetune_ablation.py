@@ -97,10 +97,10 @@ def mean_gain(untrained: dict[str, Any], trained: dict[str, Any], metric: str, d
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [SECTION, "",
-             "    .venv/bin/python benchmarks/finetune_ablation.py --models MODEL --steps N --threads 1 --json FILE   # one per model",
+             "    .venv/bin/python benchmarks/finetune_ablation.py --models MODEL --corpus CORPUS --steps N --threads 1 --json FILE   # one per model",
              "    .venv/bin/python benchmarks/finetune_ablation.py --report FILE... --write-docs", "",
-             "Each cell trains the same supernet for the same steps (batch 8, the builtin corpus's calibration pool: "
-             "256 training rows and 32 validation rows, seed 0) and is scored on the supernet's held-out pool (disjoint "
+             "Each cell trains the same supernet for the same steps (batch 8, the calibration pool of the corpus named "
+             "per model: 256 training rows and 32 validation rows, seed 0) and is scored on the supernet's held-out pool (disjoint "
              "documents). Every step trains the largest, the smallest and 2 random shapes (sandwich rule). The recipe: "
              "SMoL (K = 5 experts, rank 8, top-2, shape-only gate, gate noise in training only, routing amplitude "
              "1 - params/params_full so the full shape is the base exactly), every shape distilled from the frozen base "
@@ -108,7 +108,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
              "next-token loss on decoders; on encoders the largest is the base, its loss is 0 and the rule does "
              "nothing, so `balance none` equals the recipe there), on encoders half the training sentences cut to "
              "spans of 1-32 words and a relational loss (weight 1: the batch's cosine-similarity matrix against the "
-             "base's) beside the embedding loss, AdamW lr 1e-3, and the guard (validation every "
+             "base's) beside the embedding loss, AdamW lr 1e-3 with the cosine schedule (5 % warm-up, decay to a tenth), "
+             "and the guard (validation every "
              "tenth of the run; the best state with no shape worse than untrained is kept, training stops after 2 "
              "harmful validations in a row). `in-place, no guard` is AmoebaLLM's in-place distillation as it ran "
              "before (the largest on the task loss and trained like the others, the students on its outputs); every "
