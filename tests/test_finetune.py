@@ -553,7 +553,9 @@ def test_validation_rows_mix_passages_and_short_spans(supernet_of: Callable[[str
     train, val, record = training_data(source.path, family, sn, config, 96)
     lengths = [int(n) for b in val for n in b["attention_mask"].sum(dim=1)]
     assert record["num_val"] == 8 and record["short_spans"] == 0.5 and len(lengths) == 8
-    assert min(lengths) < 12 and max(lengths) > 20  # both kinds are validated
+    eval_len = int(sn.build_config["calibration"]["seq_len"])  # 16: shorter than the training rows' 32
+    assert min(lengths) < 12 and max(lengths) == eval_len < config.seq_len  # both kinds, at the length the search scores at
+    assert max(int(n) for b in train for n in b["attention_mask"].sum(dim=1)) > 20
     assert any(b["input_ids"].shape[1] < 20 for b in train)  # batches of spans are short
 
 
