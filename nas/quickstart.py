@@ -97,8 +97,12 @@ def run_quickstart(
     from profilers.protocol import live_protocol
     from profilers.tables import find_tables_root
 
+    from nas.predictor.calibration import MIN_SHAPES
+
     if not 0 < budget_fraction <= 1:
         raise AnyshapeError(f"budget fraction is {budget_fraction}; allowed range (0, 1]")
+    if not MIN_SHAPES <= calibration_shapes <= 100:  # refused before anything is copied or timed
+        raise AnyshapeError(f"--calibration-shapes is {calibration_shapes}; allowed range {MIN_SHAPES}..100 (about 10 is enough)")
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     device = cpu_slug()
