@@ -90,14 +90,13 @@ def run_quickstart(
     calibration); ``progress``: bars and phase lines on stderr for the stages that take more than a moment."""
     from nas.families import family_for
     from nas.hub import resolve_model
+    from nas.predictor.calibration import MIN_SHAPES
     from nas.search.run import SearchConfig, run_search
     from nas.supernet.artifact import Supernet
     from nas.verify import measure_latency, verify
     from profilers.environment import cpu_slug
     from profilers.protocol import live_protocol
     from profilers.tables import find_tables_root
-
-    from nas.predictor.calibration import MIN_SHAPES
 
     if not 0 < budget_fraction <= 1:
         raise AnyshapeError(f"budget fraction is {budget_fraction}; allowed range (0, 1]")
