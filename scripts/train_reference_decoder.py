@@ -166,11 +166,11 @@ def main() -> None:
             print(json.dumps(point), flush=True)
             running, seen = 0.0, 0
 
-    nll, tokens = heldout_nll(model, main_heldout, args.seq_len, 10_000)
-    for name, ids in heldout_ids.items():
-        corpus_nll, corpus_tokens = heldout_nll(model, ids, args.seq_len, 10_000)
+    scores = {name: heldout_nll(model, ids, args.seq_len, 10_000) for name, ids in heldout_ids.items()}
+    for name, (corpus_nll, corpus_tokens) in scores.items():
         per_corpus[name].update(heldout_nll=round(corpus_nll, 4), heldout_perplexity=round(math.exp(corpus_nll), 2),
                                 heldout_tokens_evaluated=corpus_tokens)
+    nll, tokens = scores[args.corpus[0]]  # the headline: the first corpus's held-out pool
     minutes = (time.perf_counter() - start) / 60
     args.out.mkdir(parents=True, exist_ok=True)
     model.eval()
